@@ -1,0 +1,207 @@
+"""Forward Temporal Bias Correction (Wu et al., ECCV 2024), fitted inside one SNN forward per batch.
+
+For each calibration batch: one hooked ANN forward gives every layer's target channel means ``A^l``; then one SNN
+forward runs with a step rule on every IF layer. When layer l reaches step t (its input already produced by the
+corrected layers before it), the rule fits ``b^l[t]`` and emits the corrected spikes, so the cost per batch is
+about one ANN plus one SNN forward (O(L·T)), not a re-run of the network per layer.
+
+α-iteration (``ftbc``, ``ftbc-layer``)::
+
+    E = channel-mean of s[t] with the current b[t];   b[t] += α (E - A);   redo step t with the new b[t]
+
+Exact root (``ftbc-exact``): the bias that makes the fraction of neurons with ``u[t] >= θ`` equal ``A/θ`` is a
+quantile of ``w = v[t-1] + z[t] - θ`` over the batch and positions: ``b = quantile(w, 1 - A/θ)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..neuron import IFNeuron, channel_view, if_step
+from ..snn import SpikingNetwork, check_timesteps
+from .base import CalibrationMethod, CalibrationReport, Progress, ann_channel_means, copy_snn, register
+
+__all__ = ["FtbcRule", "fit_biases", "FTBC", "FTBCExact", "FTBCLayer"]
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, ...] -> [C]``: mean over batch and positions."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1).mean(1)
+
+
+class FtbcRule:
+    """Step rule that fits one layer's ``[T, C]`` biases while it simulates (installed on ``IFNeuron.step_rule``).
+
+    Args:
+        target: ANN channel means ``[C]`` for this batch.
+        alpha: step size of the α-iteration (ignored by ``exact``).
+        mode: ``alpha`` or ``exact``.
+        layerwise: one bias per step for the whole layer (``[T, 1]``) instead of one per channel.
+        exact_weight: weight of this batch's exact root in a running average over batches (1 = replace).
+    """
+
+    def __init__(self, target: torch.Tensor, alpha: float, mode: str = "alpha", layerwise: bool = False,
+                 exact_weight: float = 1.0) -> None:
+        self.target = target.mean().view(1) if layerwise else target
+        self.alpha = float(alpha)
+        self.mode = mode
+        self.layerwise = layerwise
+        self.exact_weight = float(exact_weight)
+
+    def _mean(self, s: torch.Tensor) -> torch.Tensor:
+        m = _channel_mean(s)
+        return m.mean().view(1) if self.layerwise else m
+
+    def _exact_root(self, neuron: IFNeuron, v: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        theta = neuron.theta.to(v.device)
+        w = v + z_t - channel_view(theta, v.dim())  # fires iff w >= b
+        w = w.transpose(0, 1).reshape(w.shape[1], -1)  # [C, N]
+        if self.layerwise:
+            w, theta = (w / theta.view(-1, 1)).reshape(1, -1), theta.mean().view(1)  # per-channel θ: compare w/θ
+        n = w.shape[1]
+        p = (self.target / theta.expand_as(self.target)).clamp(0.0, 1.0)  # wanted fraction of firing neurons
+        k = torch.round(p * n).long()  # fire the k largest
+        ws = torch.sort(w, dim=1, descending=True).values
+        hi = ws.gather(1, (k - 1).clamp(0, n - 1).view(-1, 1)).squeeze(1)  # k-th largest: fires
+        lo = ws.gather(1, k.clamp(0, n - 1).view(-1, 1)).squeeze(1)  # (k+1)-th largest: must not fire
+        root = torch.where(k >= n, ws[:, -1], torch.where(k <= 0, ws[:, 0] + 1e-3 * theta, 0.5 * (hi + lo)))
+        root = torch.where((k > 0) & (k < n) & (hi == lo), hi, root)  # ties: fire all of them
+        if self.layerwise:
+            root = root * theta
+        return root
+
+    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor):
+        theta = channel_view(neuron.theta, v.dim())
+        if self.mode == "exact":
+            root = self._exact_root(neuron, v, z_t)
+            w = self.exact_weight
+            neuron.bias[t] = root if w >= 1.0 else (1 - w) * neuron.bias[t] + w * root
+        else:
+            _, s = if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
+            neuron.bias[t] += self.alpha * (self._mean(s) - self.target)
+        return if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
+
+
+@torch.no_grad()
+def fit_biases(
+    snn: SpikingNetwork,
+    ann: nn.Module,
+    images: torch.Tensor,
+    timesteps: int,
+    *,
+    alpha: float = 0.1,
+    batches: int = 4,
+    batch_size: int = 64,
+    passes: int = 1,
+    mode: str = "alpha",
+    layerwise: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[SpikingNetwork, tuple[float, ...], int]:
+    """Fit FTBC biases on a copy of ``snn``.
+
+    Args:
+        images: calibration images ``[N, C, H, W]`` (training split) on any device.
+        batches, batch_size: the calibration batches are drawn (seeded, without replacement while possible).
+        passes: how many times the same batches are gone through.
+
+    Returns:
+        ``(calibrated copy, mean |Δb| per batch, images used)``.
+    """
+    timesteps = check_timesteps(timesteps)
+    if images.shape[0] == 0:
+        raise ValueError("calibration needs at least one image")
+    new = copy_snn(snn)
+    device = next(new.parameters()).device
+    neurons = new.neurons
+    names = new.layer_names
+    ann_names = [n for n, _ in _ann_acts(ann)]
+    if ann_names != names:
+        raise ValueError("the ANN and the SNN do not pair up layer by layer (was the SNN converted from this ANN?)")
+    thetas = {n: neuron.theta for n, neuron in zip(names, neurons)}
+    for neuron in neurons:  # fresh [T, C] biases; C is known after the first target
+        neuron.bias = torch.zeros(timesteps, 0, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(images.shape[0], generator=gen)
+    batch_size = min(batch_size, images.shape[0])
+    chosen = [order.roll(-i * batch_size)[:batch_size] for i in range(batches)]
+    changes: list[float] = []
+    total = passes * len(chosen)
+    for step_i in range(total):
+        x = images[chosen[step_i % len(chosen)]].to(device)
+        targets = ann_channel_means(ann, x, thetas)
+        before = []
+        for name, neuron in zip(names, neurons):
+            c = 1 if layerwise else targets[name].numel()
+            if neuron.bias.shape[1] != c:
+                neuron.bias = torch.zeros(timesteps, c, device=device)
+            before.append(neuron.bias.clone())
+            weight = 1.0 / (step_i + 1)  # exact: running average of the per-batch roots
+            neuron.step_rule = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
+        try:
+            new.simulate(x, timesteps)
+        finally:
+            for neuron in neurons:
+                neuron.step_rule = None
+        delta = torch.cat([(n.bias - b).abs().flatten() for n, b in zip(neurons, before)])
+        changes.append(float(delta.mean()))
+        if progress:
+            progress((step_i + 1) / total, f"FTBC calibration batch {step_i + 1}/{total}")
+    n_images = int(torch.cat(chosen).unique().numel())
+    return new, tuple(changes), n_images
+
+
+def _ann_acts(ann: nn.Module):
+    from ..models import activation_modules
+
+    return activation_modules(ann)
+
+
+class _FtbcBase(CalibrationMethod):
+    mode = "alpha"
+    layerwise = False
+
+    def calibrate(self, snn, ann, images, timesteps, options=None, progress=None):
+        opts = self.options(options)
+        start = time.perf_counter()
+        new, changes, n_images = fit_biases(
+            snn, ann, images, timesteps, alpha=opts.get("alpha", 1.0), batches=opts["batches"],
+            batch_size=opts["batch_size"], passes=opts.get("passes", 1), mode=self.mode,
+            layerwise=self.layerwise, seed=opts["seed"], progress=progress)
+        seconds = time.perf_counter() - start
+        biases = {n: neuron.bias.detach().cpu().numpy().astype(np.float32) for n, neuron in
+                  zip(new.layer_names, new.neurons)}
+        return new, CalibrationReport(self.name, opts, seconds, n_images, biases, changes)
+
+
+@register
+class FTBC(_FtbcBase):
+    name = "ftbc"
+    label = "FTBC (channel-wise, α-iteration)"
+    description = ("Per layer, step and channel biases fitted in forward passes: b[t] += α·(E[s[t]] − E[a]), "
+                   "layers in forward order, each step redone with its new bias.")
+    defaults: dict[str, Any] = {"alpha": 0.1, "batches": 8, "batch_size": 64, "passes": 1, "seed": 0}
+
+
+@register
+class FTBCExact(_FtbcBase):
+    name = "ftbc-exact"
+    label = "FTBC exact (quantile root)"
+    description = ("Per channel and step, the bias that makes the fraction of firing neurons equal E[a]/θ, "
+                   "solved directly as a quantile of v[t−1] + z[t] − θ; averaged over batches.")
+    defaults: dict[str, Any] = {"batches": 4, "batch_size": 64, "seed": 0}
+    mode = "exact"
+
+
+@register
+class FTBCLayer(_FtbcBase):
+    name = "ftbc-layer"
+    label = "FTBC layer-wise"
+    description = "The α-iteration with one bias per layer and step (shared by all channels)."
+    defaults: dict[str, Any] = {"alpha": 0.1, "batches": 8, "batch_size": 64, "passes": 1, "seed": 0}
+    layerwise = True

@@ -1,0 +1,173 @@
+"""Activations and spiking neurons.
+
+Time convention (used everywhere in ftbc_core): time-first. A spiking layer sees its input either as a
+flattened sequence ``[T*B, ...]`` (the output of stateless layers that ran on the whole sequence at once) or,
+for the first spiking layer of a static image, as ``[B, ...]`` (the same current at every step, computed once).
+It always returns ``[T*B, ...]``.
+
+Integrate-and-fire with reset by subtraction (../docs in the README), per step t = 1..T::
+
+    u[t] = v[t-1] + z[t] - b[t]        charge (b = FTBC time bias, 0 without correction)
+    s[t] = θ · H(u[t] - θ)              fire (H(0) = 1)
+    v[t] = u[t] - s[t]                  reset by subtraction
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+__all__ = ["QCFS", "IFNeuron", "if_step", "channel_view", "StepHook"]
+
+
+class _FloorSTE(torch.autograd.Function):
+    """floor() whose gradient is passed straight through."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class QCFS(nn.Module):
+    """Quantization-clip-floor-shift activation (Bu et al., ICLR 2022).
+
+    ``a = λ · clamp(floor(z·L/λ + 1/2) / L, 0, 1)`` with a trainable threshold λ (one per layer) and L levels.
+    Computed in float32 even under autocast, so the quantization boundaries are exact.
+    """
+
+    def __init__(self, levels: int = 4, init_threshold: float = 8.0) -> None:
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"QCFS levels must be >= 1, got {levels}")
+        self.levels = int(levels)
+        self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold.float()
+        x = torch.clamp(z.float() / lam, 0.0, 1.0)
+        x = _FloorSTE.apply(x * self.levels + 0.5) / self.levels
+        return x * lam
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+def channel_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape per-channel values ``[C]`` (or ``[1]``) to broadcast against a per-step tensor ``[B, C, ...]``."""
+    return values.view(-1, *([1] * (ndim - 2)))
+
+
+def if_step(
+    v: torch.Tensor, z: torch.Tensor, theta: torch.Tensor, bias_t: torch.Tensor | float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One integrate-and-fire step with reset by subtraction.
+
+    Args:
+        v: membrane potential after the previous step, ``[B, C, ...]``.
+        z: input current of this step, same shape.
+        theta: threshold, broadcastable to ``v`` (see :func:`channel_view`).
+        bias_t: time bias of this step, broadcastable to ``v``.
+
+    Returns:
+        ``(v_next, spikes)`` with ``spikes = θ·H(u - θ)``, ``u = v + z - bias_t`` and ``v_next = u - spikes``.
+    """
+    u = v + z - bias_t
+    spikes = (u >= theta).to(u.dtype) * theta
+    return u - spikes, spikes
+
+
+class StepHook(Protocol):
+    """Observer called after every step: ``hook(neuron, t, u, spikes)`` with ``u`` the charge before firing."""
+
+    def __call__(self, neuron: "IFNeuron", t: int, u: torch.Tensor, spikes: torch.Tensor) -> None: ...
+
+
+# (neuron, t, v_prev, z_t) -> (v_next, spikes); lets calibration methods decide a step themselves.
+StepRule = Callable[["IFNeuron", int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class IFNeuron(nn.Module):
+    """A layer of integrate-and-fire neurons, the spiking replacement of one QCFS/ReLU activation.
+
+    Buffers (saved in ``state_dict`` and moved by ``.to()``):
+        theta: ``[C]`` or ``[1]`` thresholds.
+        bias: ``[T_b, C]`` per-step, per-channel FTBC biases (``T_b = 0`` until calibrated; steps ``t >= T_b``
+            use no bias).
+
+    The number of steps and the batch size of a run are set by :class:`~ftbc_core.snn.SpikingNetwork` for the
+    duration of one forward call; nothing else survives between calls (the membrane state is local).
+    """
+
+    def __init__(self, theta: torch.Tensor, v0_fraction: float = 0.5, name: str = "") -> None:
+        super().__init__()
+        theta = torch.as_tensor(theta, dtype=torch.float32).reshape(-1).clone()
+        if not torch.all(torch.isfinite(theta)) or torch.any(theta <= 0):
+            raise ValueError(f"thresholds must be finite and > 0 (layer {name!r}), got {theta.tolist()[:4]}")
+        self.register_buffer("theta", theta)
+        self.register_buffer("bias", torch.zeros(0, 1))
+        self.v0_fraction = float(v0_fraction)
+        self.name = name
+        self.run_shape: tuple[int, int] | None = None  # (T, B) during a forward call
+        self.step_rule: StepRule | None = None  # set temporarily by calibration methods
+        self.init_potential: torch.Tensor | None = None  # set temporarily by methods that shift v[0] per input
+        self.step_hooks: list[StepHook] = []
+
+    # -- parameters --------------------------------------------------------------------------------------
+    def set_bias(self, bias: torch.Tensor) -> None:
+        """Replace the FTBC biases with ``bias: [T_b, C]`` (C = 1 for a layer-wise bias)."""
+        if bias.dim() != 2:
+            raise ValueError(f"bias must be [T, C], got shape {tuple(bias.shape)}")
+        self.bias = bias.detach().to(device=self.theta.device, dtype=torch.float32).clone()
+
+    def bias_at(self, t: int, ndim: int) -> torch.Tensor | float:
+        """The bias of step ``t`` (0-based), broadcastable to a ``ndim``-dimensional per-step tensor."""
+        if t >= self.bias.shape[0]:
+            return 0.0
+        return channel_view(self.bias[t], ndim)
+
+    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        """``v[0]``: ``v0_fraction · θ`` (plus a per-input shift when a method set one), shaped like one step."""
+        v = (self.v0_fraction * channel_view(self.theta, like.dim())).expand_as(like).clone()
+        if self.init_potential is not None:
+            v = v + self.init_potential
+        return v
+
+    # -- simulation ----------------------------------------------------------------------------------------
+    def as_sequence(self, z: torch.Tensor) -> torch.Tensor:
+        """View the input as ``[T, B, ...]``; a static ``[B, ...]`` input is expanded without copying."""
+        if self.run_shape is None:
+            raise RuntimeError("IFNeuron called outside SpikingNetwork.forward (the number of steps is unknown)")
+        steps, batch = self.run_shape
+        if z.shape[0] == steps * batch:
+            return z.view(steps, batch, *z.shape[1:])
+        if z.shape[0] == batch:
+            return z.unsqueeze(0).expand(steps, *z.shape)
+        raise RuntimeError(f"layer {self.name!r}: input batch {z.shape[0]} is neither B={batch} nor T*B={steps * batch}")
+
+    def step(self, t: int, v: torch.Tensor, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t`` with the stored bias (the rule calibration methods fall back to)."""
+        return if_step(v, z_t, channel_view(self.theta, z_t.dim()), self.bias_at(t, z_t.dim()))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Run all steps. ``z``: ``[T*B, C, ...]`` or static ``[B, C, ...]``; returns spikes ``[T*B, C, ...]``."""
+        z_seq = self.as_sequence(z)
+        rule = self.step_rule or IFNeuron.step
+        v = self.initial_potential(z_seq[0])
+        out = torch.empty(z_seq.shape, dtype=z_seq.dtype, device=z_seq.device)
+        for t in range(z_seq.shape[0]):
+            v, out[t] = rule(self, t, v, z_seq[t])
+            if self.step_hooks:
+                u = v + out[t]
+                for hook in self.step_hooks:
+                    hook(self, t, u, out[t])
+        return out.flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        per = "channel" if self.theta.numel() > 1 else "layer"
+        return f"name={self.name!r}, theta=per-{per}, v0={self.v0_fraction}·θ, bias_steps={self.bias.shape[0]}"

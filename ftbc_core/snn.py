@@ -1,0 +1,236 @@
+"""ANN-to-SNN conversion and multi-step simulation.
+
+:func:`to_snn` deep-copies a trained ANN and swaps every QCFS/ReLU for an :class:`~ftbc_core.neuron.IFNeuron`.
+:class:`SpikingNetwork` runs the copy for T steps on a static image: every stateless layer (normalisation, conv,
+BN, pooling, linear, residual add) runs once on the whole flattened sequence ``[T*B, ...]``; the layers before the
+first spiking layer run once on ``[B, ...]`` because their input does not change over time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .models import activation_modules
+from .neuron import QCFS, IFNeuron
+
+__all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "MAX_TIMESTEPS"]
+
+MAX_TIMESTEPS = 4096
+Progress = Callable[[float, str], None]
+
+
+def check_timesteps(timesteps: int, limit: int = MAX_TIMESTEPS) -> int:
+    """Validate a number of time steps: an integer in ``[1, limit]``."""
+    if isinstance(timesteps, bool) or int(timesteps) != timesteps:
+        raise ValueError(f"the number of time steps must be an integer, got {timesteps!r}")
+    if not 1 <= int(timesteps) <= limit:
+        raise ValueError(f"the number of time steps T must be between 1 and {limit}, got {timesteps}")
+    return int(timesteps)
+
+
+class SpikingNetwork(nn.Module):
+    """A converted network; ``forward(x, T)`` returns the running-average output at every step.
+
+    Attributes:
+        net: the converted module tree (a copy of the ANN with IF layers).
+        layer_names: names of the spiking layers in forward order.
+        max_batch_steps: images x steps simulated at once; larger batches are split into chunks.
+    """
+
+    def __init__(self, net: nn.Module, layer_names: list[str], max_batch_steps: int = 2048) -> None:
+        super().__init__()
+        self.net = net
+        self.layer_names = list(layer_names)
+        self.max_batch_steps = int(max_batch_steps)
+        self.latency = 0  # steps simulated before the T counted ones (COS pre-simulation)
+
+    @property
+    def neurons(self) -> list[IFNeuron]:
+        """The IF layers in forward order."""
+        return [self.net.get_submodule(n) for n in self.layer_names]
+
+    @contextlib.contextmanager
+    def running(self, timesteps: int, batch: int) -> Iterator[None]:
+        """Tell every IF layer the ``(T, B)`` of the forward call that runs inside this context."""
+        for neuron in self.neurons:
+            neuron.run_shape = (timesteps, batch)
+        try:
+            yield
+        finally:
+            for neuron in self.neurons:
+                neuron.run_shape = None
+
+    def simulate(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """One chunk, no averaging: ``x: [B, C, H, W]`` -> per-step outputs ``[T, B, classes]``."""
+        timesteps = check_timesteps(timesteps)
+        with self.running(timesteps, x.shape[0]):
+            out = self.net(x)
+        if out.shape[0] == x.shape[0] and timesteps > 1:  # no spiking layer on the path: constant output
+            out = out.unsqueeze(0).expand(timesteps, *out.shape)
+        return out.reshape(timesteps, x.shape[0], *out.shape[1:])
+
+    def chunk_size(self, timesteps: int) -> int:
+        """How many images are simulated together for a given T (bounded memory)."""
+        return max(1, self.max_batch_steps // timesteps)
+
+    def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """Run T steps on static images.
+
+        Args:
+            x: images in [0, 1], ``[B, C, H, W]``.
+            timesteps: T.
+
+        Returns:
+            ``[T, B, classes]``: at index t, the mean of the output layer over steps ``0..t`` (the SNN's output
+            after t+1 steps), so accuracy at every T' <= T comes from one run. With ``latency`` > 0 (COS), that
+            many steps run first and are not counted.
+        """
+        timesteps = check_timesteps(timesteps)
+        total = timesteps + self.latency
+        step = self.chunk_size(total)
+        outs = [self.simulate(x[i : i + step], total)[self.latency :] for i in range(0, x.shape[0], step)]
+        return running_mean(torch.cat(outs, dim=1))
+
+
+def running_mean(per_step: torch.Tensor) -> torch.Tensor:
+    """Cumulative mean over the time axis: ``[T, ...] -> [T, ...]``."""
+    counts = torch.arange(1, per_step.shape[0] + 1, device=per_step.device, dtype=per_step.dtype)
+    return per_step.cumsum(0) / counts.view(-1, *([1] * (per_step.dim() - 1)))
+
+
+@torch.no_grad()
+def activation_thresholds(
+    ann: nn.Module,
+    images: torch.Tensor,
+    *,
+    mode: str = "percentile",
+    percentile: float = 99.9,
+    per_channel: bool = False,
+    batch_size: int = 256,
+    max_samples: int = 1_000_000,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Thresholds for a ReLU network from its activations on (training) images.
+
+    Args:
+        images: ``[N, C, H, W]`` in [0, 1].
+        mode: ``max`` or ``percentile``.
+        per_channel: one threshold per channel instead of per layer.
+        max_samples: values kept per layer (a seeded random subsample) to compute a percentile.
+
+    Returns:
+        ``{activation module name: thresholds [C] or [1]}``.
+    """
+    if mode not in ("max", "percentile"):
+        raise ValueError(f"threshold mode must be 'max' or 'percentile', got {mode!r}")
+    if images.shape[0] == 0:
+        raise ValueError("threshold statistics need at least one image")
+    acts = activation_modules(ann)
+    store: dict[str, list[torch.Tensor]] = {n: [] for n, _ in acts}
+    gen = torch.Generator().manual_seed(seed)
+    per_batch = max(1, max_samples * batch_size // max(images.shape[0], 1))
+
+    def hook_for(name: str):
+        def hook(_m, _i, out: torch.Tensor) -> None:
+            a = out.detach().float().transpose(0, 1).reshape(out.shape[1], -1)  # [C, N*H*W]
+            if mode == "max":
+                store[name].append(a.amax(dim=1) if per_channel else a.max().view(1))
+                return
+            keep = min(a.shape[1], max(1, per_batch // a.shape[0]))
+            idx = torch.randperm(a.shape[1], generator=gen)[:keep].to(a.device)
+            store[name].append(a[:, idx])
+
+        return hook
+
+    was_training = ann.training
+    ann.eval()
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in acts]
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            ann(images[i : i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        ann.train(was_training)
+    result = {}
+    for name, chunks in store.items():
+        if mode == "max":
+            value = torch.stack(chunks).amax(dim=0)
+        else:
+            a = torch.cat(chunks, dim=1)
+            a = a if per_channel else a.reshape(1, -1)
+            value = torch.quantile(a, percentile / 100.0, dim=1)
+        result[name] = value.clamp_min(1e-4).cpu()
+    return result
+
+
+def to_snn(
+    ann: nn.Module,
+    *,
+    thresholds: str | dict[str, torch.Tensor] = "auto",
+    images: torch.Tensor | None = None,
+    percentile: float = 99.9,
+    per_channel: bool = False,
+    v0: str | float = "half",
+    max_batch_steps: int = 2048,
+) -> SpikingNetwork:
+    """Convert an ANN into a :class:`SpikingNetwork`; the ANN itself is not modified.
+
+    Args:
+        ann: a model whose activations are :class:`QCFS` or ``nn.ReLU`` modules (one instance per use).
+        thresholds: ``auto`` (θ = λ for QCFS layers, ``percentile`` statistics for ReLU layers), ``lambda``,
+            ``max``, ``percentile``, or an explicit ``{activation name: θ [C] or [1]}``.
+        images: training images ``[N, C, H, W]`` in [0, 1]; needed for ``max``/``percentile``.
+        per_channel: per-channel thresholds from statistics (QCFS λ is per layer).
+        v0: initial potential, ``half`` (θ/2, default), ``zero``, or a fraction of θ.
+        max_batch_steps: memory bound, images x steps simulated at once.
+    """
+    fraction = {"half": 0.5, "zero": 0.0}.get(v0, v0) if isinstance(v0, str) else float(v0)
+    if isinstance(fraction, str):
+        raise ValueError(f"v0 must be 'half', 'zero' or a number, got {v0!r}")
+    acts = activation_modules(ann)
+    if not acts:
+        raise ValueError("the model has no QCFS or ReLU activation to convert")
+    if isinstance(thresholds, dict):
+        theta = dict(thresholds)
+    else:
+        mode = thresholds
+        if mode not in ("auto", "lambda", "max", "percentile"):
+            raise ValueError(f"unknown threshold mode {mode!r}")
+        needs_stats = mode in ("max", "percentile") or (
+            mode == "auto" and any(not isinstance(m, QCFS) for _, m in acts)
+        )
+        stats = {}
+        if needs_stats:
+            if images is None:
+                raise ValueError("a ReLU network (or threshold mode max/percentile) needs training images for θ")
+            stat_mode = "percentile" if mode == "auto" else mode
+            stats = activation_thresholds(ann, images, mode=stat_mode, percentile=percentile, per_channel=per_channel)
+        theta = {}
+        for name, module in acts:
+            if isinstance(module, QCFS) and mode in ("auto", "lambda"):
+                theta[name] = module.threshold.detach().float().abs().clamp_min(1e-4).view(1).cpu()
+            elif mode == "lambda":
+                raise ValueError(f"layer {name!r} is a ReLU: it has no λ; use max or percentile thresholds")
+            else:
+                theta[name] = stats[name]
+    missing = [n for n, _ in acts if n not in theta]
+    if missing:
+        raise ValueError(f"no threshold given for layers {missing}")
+
+    net = copy.deepcopy(ann).float().eval()
+    net = net.to(memory_format=torch.contiguous_format)
+    device = next(net.parameters()).device
+    for name, _ in acts:
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        neuron = IFNeuron(theta[name], v0_fraction=fraction, name=name).to(device)
+        setattr(parent, child, neuron)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return SpikingNetwork(net, [n for n, _ in acts], max_batch_steps=max_batch_steps).eval()
