@@ -103,7 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         arch=args.arch, dataset=args.dataset, out=args.out, data_dir=args.data_dir, activation=args.activation,
         levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, fast=not args.no_fast,
-        limit=args.limit, half=args.half, command="ftbc " + shlex.join(sys.argv[1:]),
+        limit=args.limit, half=args.half, command="ftbc " + shlex.join(args.argv),
     )
     train(cfg, resume=args.resume, progress=sys.stderr.isatty())
 
@@ -175,8 +175,10 @@ def _stderr_progress():
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ftbc`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     import torch
 
     from .checkpoint import CheckpointError

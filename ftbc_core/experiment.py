@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +65,17 @@ class ExperimentResult:
     measurements: dict[str, Measurements | None]
     method_options: dict[str, Any]
     seconds: dict[str, float]
+
+    def truncated(self, timesteps: int) -> "ExperimentResult":
+        """This result for a smaller T, read from the stored run (accuracy, biases and measurements are causal)."""
+        if not 1 <= timesteps <= self.timesteps:
+            raise ValueError(f"can only truncate to 1..{self.timesteps} steps, got {timesteps}")
+        reports = {m: replace(r, biases={k: v[:timesteps] for k, v in r.biases.items()})
+                   for m, r in self.reports.items()}
+        return replace(self, timesteps=timesteps, accuracy={m: a[:timesteps] for m, a in self.accuracy.items()},
+                       reports=reports,
+                       measurements={m: (x.truncated(timesteps) if x is not None else None)
+                                     for m, x in self.measurements.items()})
 
     def accuracy_table(self, timesteps: list[int] | None = None) -> pd.DataFrame:
         """Wide table: rows T, one column per method (percent)."""
@@ -180,7 +191,9 @@ def run_experiment(
     if cfg.limit is not None:
         if cfg.limit < 1:
             raise ValueError(f"the number of evaluation images must be >= 1, got {cfg.limit}")
-        test_data = test_data.subset(np.arange(min(cfg.limit, len(test_data))))
+        if cfg.limit < len(test_data):
+            test_data = test_data.subset(np.arange(cfg.limit))
+            test_desc = f"first {cfg.limit} images of the {test_desc}"
     if cfg.data_dir is None:
         say(f"no --data-dir: using the {test_desc} and the {calib_desc}")
     calib = calibration_images(train_data, cfg.calib_images, cfg.seed, info.num_classes).to(device)

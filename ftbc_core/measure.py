@@ -7,7 +7,7 @@ ANN's activations, and removes them on exit; without one nothing is stored. Hist
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,15 @@ class Measurements:
     spike_rate: dict[str, np.ndarray]
     ann_mean: dict[str, np.ndarray]
     hist_edges: np.ndarray = field(default_factory=lambda: HIST_EDGES.copy())
+
+    def truncated(self, timesteps: int) -> "Measurements":
+        """The same measurements for the first ``timesteps`` steps (valid because everything is causal)."""
+        if not 1 <= timesteps <= self.timesteps:
+            raise ValueError(f"can only truncate to 1..{self.timesteps} steps, got {timesteps}")
+        cut = lambda d: {k: v[:timesteps] for k, v in d.items()}  # noqa: E731
+        return replace(self, timesteps=timesteps, abs_error=cut(self.abs_error), rel_error=cut(self.rel_error),
+                       offset_spikes=cut(self.offset_spikes), histograms=cut(self.histograms),
+                       spike_rate=cut(self.spike_rate))
 
     def layer_error(self, kind: str = "abs") -> np.ndarray:
         """``[L, T]`` error averaged over channels; ``kind`` is ``abs``, ``rel`` or ``offset`` (|mean offset|)."""
