@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make/installed
 
-.PHONY: install app test test-fast clean
+.PHONY: install app test test-fast clean browser-deps
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -r requirements.txt
@@ -14,7 +14,15 @@ install: $(STAMP)
 app: install
 	$(PYTHON) -m streamlit run dashboard/app.py
 
-test: install
+# Debian's headless Chromium + driver for tests/test_browser.py (needs root; without it that test is skipped).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		(apt-get update && apt-get install -y chromium chromium-driver) \
+		|| echo "could not install chromium/chromium-driver (not root?): the browser test will be skipped"; \
+	fi
+	$(PIP) install selenium
+
+test: install browser-deps
 	$(PYTHON) -m pytest -q tests
 
 test-fast: install

@@ -1,0 +1,1 @@
+"""FTBC Explorer's Streamlit dashboard: ``streamlit run dashboard/app.py``."""

@@ -1,0 +1,49 @@
+"""Page 1: top-1 accuracy after every time step, per method, against the ANN."""
+
+import streamlit as st
+
+from dashboard import figures, state
+from ftbc_core.experiment import simulate_dataset
+from ftbc_core.snn import SpikingNetwork, running_mean
+
+st.title("Accuracy vs time step")
+run = state.require_run()
+result = run.result
+
+st.markdown(
+    "The converted network sees the same image at every step; its output after *t* steps is the running mean of "
+    "the last layer, and the prediction is its arg-max. One simulation to T gives the accuracy at every t ≤ T "
+    "(everything is causal). Few steps mean large clipping, quantization and unevenness errors; FTBC adds a "
+    "per-step, per-channel bias so that every layer's expected output matches the ANN after every step. COS pays "
+    "ρ extra pre-simulation steps per input, so compare it on the latency axis too.")
+st.latex(r"\hat y(t) = \arg\max_k \frac{1}{t}\sum_{\tau=1}^{t} o_k[\tau], \qquad "
+         r"\mathrm{acc}(t) = \frac{100}{N}\sum_{n=1}^{N} \mathbb{1}\left[\hat y_n(t) = y_n\right]\ (\%)")
+
+has_latency = any(result.reports[m].latency for m in result.methods)
+x_axis = "T"
+if has_latency:
+    x_axis = st.radio("x axis", ["T", "latency"], horizontal=True, key="acc_axis",
+                      format_func=lambda v: "time steps T" if v == "T" else "latency ρ + T")
+fig = figures.accuracy_figure(result, x_axis)
+st.plotly_chart(fig, width="stretch", key="accuracy_chart")
+state.download_figure(fig, "accuracy")
+
+cols = st.columns(len(result.methods) + 1)
+cols[0].metric("ANN", f"{result.ann_accuracy:.2f}%")
+for col, m in zip(cols[1:], result.methods):
+    final = float(result.accuracy[m][-1])
+    col.metric(f"{figures.label(m)}, T = {result.timesteps}", f"{final:.2f}%",
+               delta=f"{final - float(result.accuracy['none'][-1]):+.2f} vs none" if "none" in result.methods
+               and m != "none" else None)
+
+table = result.accuracy_table()
+table.insert(0, "ANN", result.ann_accuracy)
+st.subheader("Accuracy (%) after every step")
+st.dataframe(table.style.format("{:.2f}"), width="stretch")
+state.download_table(result.to_frame(), "accuracy", index=False, label="Table (CSV: method, T, accuracy, latency)")
+
+times = {m: f"calibration {result.reports[m].seconds:.1f} s, simulation {result.seconds[m]:.1f} s"
+         for m in result.methods}
+st.caption(f"{result.n_images} images of the {result.data_description}. " + "; ".join(
+    f"{m}: {t}" for m, t in times.items()))
+state.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)

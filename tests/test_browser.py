@@ -1,0 +1,146 @@
+"""The dashboard in a real browser: `streamlit run` + Debian's headless Chromium driven by selenium.
+
+Runs the default experiment on the small MNIST model, visits every page, fails on any exception box, and saves
+a screenshot of each page under test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+PAGES = ["Accuracy vs time step", "Layers needing correction", "Bias trajectories", "Membrane potentials",
+         "One image", "Neuron lab"]
+TITLES = {"Layers needing correction": "Which layers need most correction"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
+                    "run `make browser-deps` (apt-get install -y chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = dict(os.environ, FTBC_DASHBOARD_DEFAULT_MODEL="cnn-mnist", FTBC_DASHBOARD_PNG="0")
+    env.setdefault("OMP_NUM_THREADS", os.environ.get("FTBC_TEST_THREADS", "2"))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,2000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def _settle(drv, title: str, timeout: float = 120.0) -> None:
+    """Wait until the page shows its title, the app is no longer running, and no exception box is shown."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(drv, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(lambda d: any(title in h.text for h in d.find_elements(By.CSS_SELECTOR, "h1")))
+    time.sleep(1.0)  # the status widget appears a moment after a rerun starts
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+    time.sleep(1.5)  # let plotly finish drawing
+    errors = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert not errors, f"exception on page {title!r}: {errors[0].text[:500]}"
+
+
+def _click(drv, css: str, text: str, timeout: float = 60.0) -> None:
+    """Click the element matching ``css`` whose text ends with ``text``, retrying while Streamlit re-renders."""
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt(d) -> bool:
+        try:
+            el = next((e for e in d.find_elements(By.CSS_SELECTOR, css) if e.text.strip().endswith(text)), None)
+            if el is None:
+                return False
+            el.click()
+            return True
+        except (StaleElementReferenceException, ElementClickInterceptedException):
+            return False
+
+    WebDriverWait(drv, timeout, poll_frequency=0.5).until(attempt)
+
+
+def test_every_page_in_a_browser(server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.get(server)
+    _settle(driver, "Accuracy vs time step")
+    _click(driver, '[data-testid="stSidebar"] button', "Run")
+    WebDriverWait(driver, 180, poll_frequency=0.5).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot'))
+    for page in PAGES:
+        if page != PAGES[0]:
+            _click(driver, '[data-testid="stSidebarNavLink"]', page)
+        _settle(driver, TITLES.get(page, page))
+        charts = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot')
+        assert charts, f"no chart drawn on page {page!r}"
+        name = page.lower().replace(" ", "-")
+        assert driver.save_screenshot(str(SHOTS / f"{PAGES.index(page) + 1}-{name}.png"))
