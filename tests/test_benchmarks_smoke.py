@@ -1,0 +1,128 @@
+"""Tiny runs of every performance benchmark's ``main`` so the scripts cannot rot (figures are not checked, only
+that each runs end to end, writes its JSON, and that the equality checks inside them hold)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import calibration_cost  # noqa: E402
+import common  # noqa: E402
+import cost_growth  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """The benchmarks set the thread count (and OMP variables) of the process; restore them afterwards."""
+    threads = torch.get_num_threads()
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    yield
+    torch.set_num_threads(threads)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _written(path: Path, name: str) -> dict:
+    payload = json.loads(path.read_text())
+    assert payload["benchmark"].startswith(name)
+    assert payload["command"].startswith("python ")
+    assert payload["machine"]["torch"] == torch.__version__
+    return payload["figures"]
+
+
+def test_time_call_median_and_interleaving():
+    calls = []
+    timing, result = common.time_call(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert result == 5 and len(timing.runs) == 3 and timing.minimum <= timing.median <= timing.maximum
+    order = []
+    timings, results = common.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                               repeats=2, warmup=1)
+    assert order == ["a", "b", "a", "b", "a", "b"] and set(timings) == {"a", "b"}
+
+
+def test_snn_vs_spikingjelly_smoke(tmp_path):
+    pytest.importorskip("spikingjelly")
+    import snn_vs_spikingjelly
+
+    out = tmp_path / "sj.json"
+    figures = snn_vs_spikingjelly.main([
+        "--random-arch", "resnet20", "--activation", "relu", "--images", "4", "--timesteps", "3",
+        "--calib-images", "16", "--check-images", "4", "--batch-size", "4", "--repeats", "1", "--warmup", "0",
+        "--out", str(out)])
+    assert _written(out, "snn_vs_spikingjelly")["model"] == figures["model"]
+    eq = figures["equivalence"]
+    assert eq["float32_single"]["median_rel_diff"] < 1e-4
+    if "error" not in eq["float64_single"]:  # same network: identical up to float64 rounding
+        assert eq["float64_single"]["max_rel_diff"] < 1e-9
+    speed = figures["throughput"]["3"]
+    assert speed["ours"]["images_per_s"] > 0 and speed["ratio_ours_over_best_spikingjelly"] > 0
+    assert 0 <= speed["ours"]["accuracy"] <= 100
+
+
+def test_fold_batchnorm_keeps_the_function():
+    pytest.importorskip("spikingjelly")
+    import snn_vs_spikingjelly
+    from ftbc_core.models import build_model
+
+    ann = common.randomize_batchnorm(build_model("resnet20", "relu"), seed=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    folded = snn_vs_spikingjelly.fold_batchnorm(ann)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), ann(x), rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_cost_smoke(tmp_path):
+    out = tmp_path / "cc.json"
+    figures = calibration_cost.main([
+        "--random-arch", "cnn", "--timesteps", "2", "--batch-size", "8", "--batches", "1", "--calib-images", "16",
+        "--images", "16", "--verify-images", "16", "--verify-batches", "2", "--verify-batch-size", "8",
+        "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    (row,) = _written(out, "calibration_cost")["rows"]
+    assert row == json.loads(json.dumps(figures["rows"][0]))
+    assert row["verification"]["biases_match"]
+    assert row["verification"]["accuracy_ours"] == row["verification"]["accuracy_reference"]
+    assert row["ftbc s/batch"] > 0 and row["reference s/batch"] > 0
+
+
+def test_reference_schedule_reaches_the_same_biases():
+    """The O(L^2 T) re-run schedule and our one-pass fit are the same algorithm: identical biases."""
+    from ftbc_core.calibration import fit_biases
+    from ftbc_core.snn import to_snn
+
+    spec = common.ModelSpec(random_arch="cnn", activation="qcfs", seed=1)
+    calib = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ann = common.load_ann(spec, calib)
+    snn = to_snn(ann)
+    ours, _, _ = fit_biases(snn, ann, calib, 3, alpha=0.2, batches=3, batch_size=8)
+    ref = calibration_cost.reference_fit_biases(snn, ann, calib, 3, alpha=0.2, batches=3, batch_size=8)
+    for a, b in zip(ours.neurons, ref.neurons):
+        torch.testing.assert_close(a.bias, b.bias, rtol=0, atol=1e-6)
+    assert max(float(n.bias.abs().max()) for n in ours.neurons) > 0  # something was fitted
+
+
+def test_cost_growth_smoke(tmp_path):
+    out = tmp_path / "cg.json"
+    figures = cost_growth.main([
+        "--random-arch", "cnn", "--timesteps", "1", "2", "--batch", "2", "--batch-sizes", "1", "3",
+        "--fixed-t", "2", "--repeats", "1", "--warmup", "0", "--in-process", "--out", str(out)])
+    written = _written(out, "cost_growth")
+    assert [r["T"] for r in written["vs_T"]] == [1, 2] and [r["batch"] for r in written["vs_batch"]] == [1, 3]
+    assert all(r["median s"] > 0 for r in figures["vs_T"] + figures["vs_batch"])
+
+
+def test_cost_growth_point_in_subprocess():
+    args = cost_growth.build_parser().parse_args(["--random-arch", "cnn", "--repeats", "1", "--warmup", "0"])
+    row = cost_growth.run_point(common.ModelSpec(random_arch="cnn"), 2, 2, args)
+    assert row["T"] == 2 and row["batch"] == 2 and row["median s"] > 0
+    assert row["peak_after_mib"] >= row["peak_before_mib"]
