@@ -30,13 +30,13 @@ from ftbc_core.data import DataError, ImageArrays, get_info
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model, run_experiment
 from ftbc_core.inspect import (ImageTrace, available_memory_bytes, estimate_memory_bytes, network_from_report,
                                trace_image)
-from ftbc_core.snn import SpikingNetwork
+from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork
 from ftbc_core.train import resolve_device
 
 from dashboard import figures
 
 UPLOAD = "upload a checkpoint…"
-DEFAULTS = {"timesteps": 16, "limit": 200, "methods": ["none", "ftbc"], "alpha": 0.1, "batches": 4, "batch_size": 32,
+DEFAULTS = {"timesteps": 16, "limit": 200, "methods": ["none", "ftbc"], "alpha": 0.5, "batches": 4, "batch_size": 32,
             "rho": 4}
 MEMORY_FRACTION = 0.25  # refuse runs whose estimated peak exceeds this share of the available memory
 BIAS_METHODS = ("ftbc", "ftbc-exact", "ftbc-layer")
@@ -159,7 +159,7 @@ def _memory_check(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str
     shape = (card.in_channels, card.image_size, card.image_size)
     latency = int(cfg.method_options.get("rho", 0)) if "cos" in cfg.methods else 0
     steps = cfg.timesteps + latency
-    chunk = min(cfg.batch_size, max(1, 2048 // steps))  # SpikingNetwork.chunk_size with the default bound
+    chunk = min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // steps))  # SpikingNetwork.chunk_size
     need = estimate_memory_bytes(ann, shape, steps, chunk)
     if any(m in BIAS_METHODS for m in cfg.methods):
         need = max(need, estimate_memory_bytes(ann, shape, cfg.timesteps, int(cfg.method_options["batch_size"])))

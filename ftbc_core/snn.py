@@ -18,9 +18,14 @@ from torch import nn
 from .models import activation_modules
 from .neuron import QCFS, IFNeuron
 
-__all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "MAX_TIMESTEPS"]
+__all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "MAX_TIMESTEPS",
+           "DEFAULT_MAX_BATCH_STEPS"]
 
 MAX_TIMESTEPS = 4096
+# Images x steps simulated at once. Small enough that a layer's [T*B, ...] tensor stays near the CPU caches
+# (benchmarks/snn_vs_spikingjelly.py measured 64-128 fastest at T=8; 2048 was ~25% slower), large enough that
+# the per-step Python overhead of the IF loop stays a few percent of the convolution time.
+DEFAULT_MAX_BATCH_STEPS = 256
 Progress = Callable[[float, str], None]
 
 
@@ -42,7 +47,7 @@ class SpikingNetwork(nn.Module):
         max_batch_steps: images x steps simulated at once; larger batches are split into chunks.
     """
 
-    def __init__(self, net: nn.Module, layer_names: list[str], max_batch_steps: int = 2048) -> None:
+    def __init__(self, net: nn.Module, layer_names: list[str], max_batch_steps: int = DEFAULT_MAX_BATCH_STEPS) -> None:
         super().__init__()
         self.net = net
         self.layer_names = list(layer_names)
@@ -177,7 +182,7 @@ def to_snn(
     percentile: float = 99.9,
     per_channel: bool = False,
     v0: str | float = "half",
-    max_batch_steps: int = 2048,
+    max_batch_steps: int = DEFAULT_MAX_BATCH_STEPS,
 ) -> SpikingNetwork:
     """Convert an ANN into a :class:`SpikingNetwork`; the ANN itself is not modified.
 
