@@ -154,6 +154,16 @@ def require_run() -> Run:
     return run
 
 
+def require_measured_run() -> tuple[Run, list[str]]:
+    """The session's run and the methods that have measurements (or a warning, and this page stops)."""
+    run = require_run()
+    measured = [m for m in run.result.methods if run.result.measurements.get(m) is not None]
+    if not measured:
+        st.warning("This run has no measurements.")
+        st.stop()
+    return run, measured
+
+
 def _memory_check(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str | None:
     """A message if the run's estimated peak memory exceeds :data:`MEMORY_FRACTION` of what is available."""
     shape = (card.in_channels, card.image_size, card.image_size)

@@ -8,12 +8,8 @@ from dashboard import figures, state
 from ftbc_core.measure import Measurements, Recorder
 
 st.title("Which layers need most correction")
-run = state.require_run()
+run, measured = state.require_measured_run()
 result = run.result
-measured = [m for m in result.methods if result.measurements.get(m) is not None]
-if not measured:
-    st.warning("This run has no measurements.")
-    st.stop()
 
 st.markdown(
     "For every spiking layer l, the recorder compares the SNN's running-mean output after t steps with the ANN "

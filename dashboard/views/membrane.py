@@ -9,12 +9,8 @@ from ftbc_core.measure import Recorder
 from ftbc_core.neuron import if_step
 
 st.title("Membrane potentials")
-run = state.require_run()
+run, measured = state.require_measured_run()
 result = run.result
-measured = [m for m in result.methods if result.measurements.get(m) is not None]
-if not measured:
-    st.warning("This run has no measurements.")
-    st.stop()
 
 st.markdown(
     "Each IF neuron adds its input current to its potential and fires when the charge u[t] reaches the threshold "
