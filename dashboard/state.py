@@ -30,7 +30,7 @@ from ftbc_core.data import DataError, ImageArrays, get_info
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model, run_experiment
 from ftbc_core.inspect import (ImageTrace, available_memory_bytes, estimate_memory_bytes, network_from_report,
                                trace_image)
-from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork
+from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps
 from ftbc_core.train import resolve_device
 
 from dashboard import figures
@@ -168,7 +168,7 @@ def _memory_check(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str
     """A message if the run's estimated peak memory exceeds :data:`MEMORY_FRACTION` of what is available."""
     shape = (card.in_channels, card.image_size, card.image_size)
     latency = int(cfg.method_options.get("rho", 0)) if "cos" in cfg.methods else 0
-    steps = cfg.timesteps + latency
+    steps = check_timesteps(cfg.timesteps) + latency  # a clear message for T <= 0 (not a division by zero)
     chunk = min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // steps))  # SpikingNetwork.chunk_size
     need = estimate_memory_bytes(ann, shape, steps, chunk)
     if any(m in BIAS_METHODS for m in cfg.methods):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 from torch import nn
 
-from .models import ARCHITECTURES, build_model
+from .models import ACTIVATIONS, ARCHITECTURES, build_model
+from .neuron import QCFS
 
 __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "read_card", "atomic_write_bytes"]
 
@@ -73,6 +75,7 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"the model card lacks {', '.join(missing)}")
         kwargs = {k: v for k, v in data.items() if k in names}
+        _check_card_fields(kwargs)
         for key in ("class_names", "mean", "std"):
             kwargs[key] = tuple(kwargs[key])
         card = cls(**kwargs)
@@ -84,6 +87,41 @@ class ModelCard:
         """An untrained model of this card's architecture."""
         return build_model(self.arch, self.activation, self.levels, self.num_classes, self.in_channels,
                            self.mean, self.std)
+
+
+def _check_card_fields(data: dict[str, Any]) -> None:
+    """Raise CheckpointError unless every card field present has the type (and range) the code relies on."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+    checks = {
+        "name": (lambda v: isinstance(v, str), "a string"),
+        "arch": (lambda v: isinstance(v, str), "a string"),
+        "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+        "dataset": (lambda v: isinstance(v, str), "a string"),
+        "levels": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "num_classes": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "in_channels": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "image_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "class_names": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of strings"),
+        "mean": (lambda v: isinstance(v, list) and all(is_number(m) for m in v), "a list of finite numbers"),
+        "std": (lambda v: isinstance(v, list) and all(is_number(m) and m > 0 for m in v),
+                "a list of finite numbers > 0"),
+        "epochs": (is_int, "an integer"),
+        "seed": (is_int, "an integer"),
+        "ann_test_accuracy": (lambda v: v is None or is_number(v), "a number or null"),
+        "command": (lambda v: isinstance(v, str), "a string"),
+        "date": (lambda v: isinstance(v, str), "a string"),
+        "notes": (lambda v: isinstance(v, str), "a string"),
+        "extra": (lambda v: isinstance(v, dict), "a JSON object"),
+    }
+    for key, (ok, what) in checks.items():
+        if key in data and not ok(data[key]):
+            raise CheckpointError(f"the model card's {key} must be {what}, got {data[key]!r:.60}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -137,8 +175,8 @@ def _parse(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], ModelCard]
         header = json.loads(data[8 : 8 + header_len])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{label} is not a safetensors checkpoint: its header is not JSON") from None
-    meta = header.get("__metadata__") or {}
-    if CARD_KEY not in meta:
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get(CARD_KEY), str):
         raise CheckpointError(f"{label} is a safetensors file but has no FTBC model card (not made by ftbc train?)")
     card = ModelCard.from_json(meta[CARD_KEY])
     try:
@@ -164,6 +202,10 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], label: str, c
         if got.is_floating_point() and not torch.isfinite(got).all():
             raise CheckpointError(f"{label} has NaN or infinite values in {key}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    for name, module in model.named_modules():
+        lam = float(module.threshold.detach()) if isinstance(module, QCFS) else 1.0
+        if not lam > 0:  # λ = 0 makes the ANN divide 0 by 0; conversion needs θ = λ > 0
+            raise CheckpointError(f"{label} has a QCFS threshold λ = {lam:g} in {name}; it must be > 0")
 
 
 def load_checkpoint(
@@ -204,7 +246,7 @@ def load_checkpoint(
         raise CheckpointError(f"{label} was trained on {card.dataset}, not {dataset}")
     try:
         model = card.build()
-    except ValueError as err:
+    except (ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{label}: {err}") from None
     _load_into(model, tensors, label, card)
     return model.to(device).eval(), card
@@ -227,6 +269,6 @@ def read_card(path: str | Path) -> ModelCard:
         meta = json.loads(header).get("__metadata__") or {}
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         raise CheckpointError(f"{path} is not a safetensors checkpoint: its header is not JSON") from None
-    if CARD_KEY not in meta:
+    if not isinstance(meta, dict) or not isinstance(meta.get(CARD_KEY), str):
         raise CheckpointError(f"{path} has no FTBC model card")
     return ModelCard.from_json(meta[CARD_KEY])

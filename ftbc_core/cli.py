@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "calibrate": _cmd_calibrate, "models": _cmd_models}
     try:
         handlers[args.command](args)
-    except (CheckpointError, DataError, CliError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, DataError, CliError, ValueError, OSError) as err:  # OSError: e.g. an unwritable --out
         print(f"ftbc {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ Progress = Callable[[float, str], None]
 @torch.no_grad()
 def ann_accuracy(model: nn.Module, data: ImageArrays, batch_size: int = 256) -> float:
     """Top-1 accuracy of an ANN in percent (float32)."""
+    if len(data) == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
     device = next(model.parameters()).device
     model.eval()
     correct = 0

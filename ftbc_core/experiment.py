@@ -19,17 +19,23 @@ from torch import nn
 
 from .assets import load_images, resolve_checkpoint
 from .calibration import CalibrationReport, get_method
+from .calibration.base import check_options
 from .checkpoint import CheckpointError, ModelCard, atomic_write_bytes, load_checkpoint
 from .data import ImageArrays, balanced_indices, get_info, iterate_batches, to_tensor
+from .inspect import available_memory_bytes, estimate_memory_bytes
 from .measure import Measurements, Recorder
-from .snn import SpikingNetwork, check_timesteps, running_mean, to_snn
+from .models import check_input_shape
+from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, running_mean, to_snn
 from .train import resolve_device
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibration_images", "simulate_dataset",
-           "calibrate_and_save", "load_biases", "prepare_model"]
+           "calibrate_and_save", "load_biases", "prepare_model", "check_memory", "check_model_fits_data"]
 
 Progress = Callable[[float, str], None]
 Log = Callable[[str], None]
+#: Runs of the CLI/API whose estimated peak exceeds this share of the available memory are refused up front
+#: (the dashboard refuses at a lower share, ``dashboard.state.MEMORY_FRACTION``).
+MEMORY_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,39 @@ def calibration_images(data: ImageArrays, n: int, seed: int, num_classes: int) -
     return to_tensor(data.x[idx])
 
 
+def check_model_fits_data(card: ModelCard) -> None:
+    """Raise ValueError if the model of ``card`` cannot classify the images of the card's dataset."""
+    info = get_info(card.dataset)
+    c = info.image_shape[2]
+    if card.in_channels != c:
+        raise ValueError(f"model {card.name!r} takes {card.in_channels}-channel images, but {info.name} images have "
+                         f"{c} channel(s)")
+    check_input_shape(card.arch, info.image_shape)
+    if card.num_classes != info.num_classes:
+        raise ValueError(f"model {card.name!r} has {card.num_classes} classes, but {info.name} has "
+                         f"{info.num_classes}")
+    if card.class_names and len(card.class_names) != card.num_classes:
+        raise ValueError(f"model {card.name!r} names {len(card.class_names)} classes but has {card.num_classes}")
+
+
+def check_memory(ann: nn.Module, card: ModelCard, runs: list[tuple[int, int]],
+                 fraction: float = MEMORY_FRACTION) -> None:
+    """Raise ValueError if simulating any ``(steps, images at once)`` of ``runs`` would need more than
+    ``fraction`` of the available memory (estimated from one dry forward of one image; nothing large is made)."""
+    shape = (card.in_channels, card.image_size, card.image_size)
+    need = max(estimate_memory_bytes(ann, shape, steps, batch) for steps, batch in runs)
+    have = available_memory_bytes()
+    if need > fraction * have:
+        raise ValueError(f"this run would need about {need / 2**30:.1f} GiB, more than {fraction:.0%} of the "
+                         f"{have / 2**30:.1f} GiB available: lower T or the (calibration) batch size")
+
+
+def _calibration_batch(method, options: dict[str, Any], calib_images: int) -> int | None:
+    """Images a bias method simulates at once during calibration (None for methods without calibration)."""
+    opts = method.options(options)
+    return min(int(opts["batch_size"]), calib_images) if "batch_size" in opts else None
+
+
 def prepare_model(
     model: str | nn.Module, card: ModelCard | None, device: torch.device, calib: torch.Tensor
 ) -> tuple[nn.Module, ModelCard, SpikingNetwork]:
@@ -110,6 +149,7 @@ def prepare_model(
         ann = model
     else:
         ann, card = load_checkpoint(resolve_checkpoint(model), device=device)
+    check_model_fits_data(card)
     ann = ann.to(device).eval()
     snn = to_snn(ann, images=calib.to(device) if card.activation != "qcfs" else None)
     return ann, card, snn
@@ -174,6 +214,11 @@ def run_experiment(
     """
     timesteps = check_timesteps(cfg.timesteps)
     methods = [get_method(m) for m in cfg.methods]
+    if not methods:
+        raise ValueError("choose at least one method")
+    check_options({k: v for k, v in cfg.method_options.items() if v is not None})
+    if cfg.calib_images < 1 or cfg.batch_size < 1:
+        raise ValueError(f"calib_images and batch_size must be >= 1, got {cfg.calib_images} and {cfg.batch_size}")
     device = resolve_device(cfg.device)
     report = progress or (lambda f, m: None)
     say = log or (lambda m: None)
@@ -184,6 +229,11 @@ def run_experiment(
         ann = model.to(device).eval()
         if card is None:
             raise ValueError("run_experiment(model=...) needs the model's card")
+    check_model_fits_data(card)
+    latency = max((int(m.options(cfg.method_options).get("rho", 0)) for m in methods if m.name == "cos"), default=0)
+    runs = [(timesteps + latency, min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // (timesteps + latency))))]
+    runs += [(timesteps, b) for m in methods if (b := _calibration_batch(m, cfg.method_options, cfg.calib_images))]
+    check_memory(ann, card, runs)
     info = get_info(card.dataset)
     report(0.0, "loading data")
     train_data, calib_desc = load_images(card.dataset, "train", cfg.data_dir)
@@ -267,9 +317,14 @@ def calibrate_and_save(
     chosen = get_method(method)
     if chosen.name not in ("ftbc", "ftbc-exact", "ftbc-layer"):
         raise ValueError(f"{method!r} fits no biases; choose ftbc, ftbc-exact or ftbc-layer")
+    check_options({k: v for k, v in (options or {}).items() if v is not None})
+    if calib_images < 1:
+        raise ValueError(f"calib_images must be >= 1, got {calib_images}")
     dev = resolve_device(device)
     path = resolve_checkpoint(model)
     ann, card = load_checkpoint(path, device=dev)
+    check_model_fits_data(card)
+    check_memory(ann, card, [(timesteps, _calibration_batch(chosen, options or {}, calib_images))])
     train_data, desc = load_images(card.dataset, "train", data_dir)
     if log:
         log(f"calibrating {card.name} with {method} on the {desc}")

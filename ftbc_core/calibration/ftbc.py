@@ -24,7 +24,8 @@ from torch import nn
 
 from ..neuron import IFNeuron, channel_view, if_step
 from ..snn import SpikingNetwork, check_timesteps
-from .base import CalibrationMethod, CalibrationReport, Progress, ann_channel_means, copy_snn, register
+from .base import (CalibrationMethod, CalibrationReport, Progress, ann_channel_means, check_options, copy_snn,
+                   register)
 
 __all__ = ["FtbcRule", "fit_biases", "FTBC", "FTBCExact", "FTBCLayer"]
 
@@ -70,7 +71,14 @@ class FtbcRule:
         hi = ws.gather(1, (k - 1).clamp(0, n - 1).view(-1, 1)).squeeze(1)  # k-th largest: fires
         lo = ws.gather(1, k.clamp(0, n - 1).view(-1, 1)).squeeze(1)  # (k+1)-th largest: must not fire
         root = torch.where(k >= n, ws[:, -1], torch.where(k <= 0, ws[:, 0] + 1e-3 * theta, 0.5 * (hi + lo)))
-        root = torch.where((k > 0) & (k < n) & (hi == lo), hi, root)  # ties: fire all of them
+        # Ties across the k-th place (e.g. a channel whose neurons all get the same input): fire all tied
+        # neurons or none of them, whichever count is closer to k.
+        above = (ws > hi.view(-1, 1)).sum(1)  # neurons strictly above the tie: fire either way
+        tied_end = (ws >= hi.view(-1, 1)).sum(1)  # ... and with the tie
+        next_up = ws.gather(1, (above - 1).clamp(0, n - 1).view(-1, 1)).squeeze(1)  # smallest value above the tie
+        fire_none = torch.where(above > 0, 0.5 * (hi + next_up), hi + 1e-3 * theta)
+        closer_all = (tied_end - k).abs() <= (k - above).abs()
+        root = torch.where((k > 0) & (k < n) & (hi == lo), torch.where(closer_all, hi, fire_none), root)
         if self.layerwise:
             root = root * theta
         return root
@@ -114,6 +122,9 @@ def fit_biases(
         ``(calibrated copy, mean |Δb| per batch, images used)``.
     """
     timesteps = check_timesteps(timesteps)
+    check_options({"alpha": alpha, "batches": batches, "batch_size": batch_size, "passes": passes})
+    if mode not in ("alpha", "exact"):
+        raise ValueError(f"FTBC mode must be 'alpha' or 'exact', got {mode!r}")
     if images.shape[0] == 0:
         raise ValueError("calibration needs at least one image")
     new = copy_snn(snn)
@@ -135,6 +146,10 @@ def fit_biases(
     for step_i in range(total):
         x = images[chosen[step_i % len(chosen)]].to(device)
         targets = ann_channel_means(ann, x, thetas)
+        bad = [n for n in names if not torch.isfinite(targets[n]).all()]
+        if bad:
+            raise ValueError(f"the ANN's activations in layer {bad[0]!r} are NaN or infinite on the calibration "
+                             "images (weights too large, or a QCFS threshold λ of 0?): cannot calibrate")
         before = []
         for name, neuron in zip(names, neurons):
             c = 1 if layerwise else targets[name].numel()
@@ -152,6 +167,10 @@ def fit_biases(
         changes.append(float(delta.mean()))
         if progress:
             progress((step_i + 1) / total, f"FTBC calibration batch {step_i + 1}/{total}")
+    bad = [n for n, neuron in zip(names, neurons) if not torch.isfinite(neuron.bias).all()]
+    if bad:  # e.g. input currents that overflow float32 in the SNN
+        raise ValueError(f"calibration gave NaN or infinite biases in layer {bad[0]!r} (the SNN's input currents "
+                         "overflow float32?)")
     n_images = int(torch.cat(chosen).unique().numel())
     return new, tuple(changes), n_images
 
