@@ -35,7 +35,7 @@ from common import (add_data_args, add_model_args, fmt_table, load_ann, load_cal
                     model_specs, set_threads, time_interleaved, write_result)
 
 from ftbc_core.models import Normalize, activation_modules  # noqa: E402
-from ftbc_core.snn import SpikingNetwork, running_mean, to_snn  # noqa: E402
+from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, running_mean, to_snn  # noqa: E402
 
 NAME = "snn_vs_spikingjelly"
 
@@ -105,10 +105,11 @@ def spikingjelly_thresholds(sj_net: nn.Module, ann: nn.Module) -> dict[str, torc
     return thresholds
 
 
-def build_pair(ann: nn.Module, calib: torch.Tensor, mode: str, batch_size: int, max_batch_steps: int = 2048):
+def build_pair(ann: nn.Module, calib: torch.Tensor, mode: str, batch_size: int,
+               max_batch_steps: int = DEFAULT_MAX_BATCH_STEPS):
     """``(sj_net, sj_normalize, ours folded, ours unfolded, thresholds)``: the same network twice.
 
-    ``max_batch_steps`` is ours' memory bound (images x steps per simulated chunk; 2048 is ``to_snn``'s default).
+    ``max_batch_steps`` is ours' memory bound (images x steps per simulated chunk; default: ``to_snn``'s).
     """
     sj_net, norm = convert_spikingjelly(ann, calib, mode, batch_size)
     thresholds = spikingjelly_thresholds(sj_net, ann)
@@ -243,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-images", type=int, default=64, help="images for the equivalence check")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance reported for the equivalence check")
     p.add_argument("--no-unfolded", action="store_true", help="skip timing ours without the BN fold")
-    p.add_argument("--ours-max-batch-steps", type=int, default=2048,
-                   help="ours' chunk bound, images x steps per simulated chunk (to_snn's default: 2048)")
+    p.add_argument("--ours-max-batch-steps", type=int, default=DEFAULT_MAX_BATCH_STEPS,
+                   help=f"ours' chunk bound, images x steps per simulated chunk (to_snn's default: {DEFAULT_MAX_BATCH_STEPS})")
     return p
 
 

@@ -82,6 +82,13 @@ def if_step(
     return u - spikes, spikes
 
 
+def _memory_format(z: torch.Tensor) -> torch.memory_format | None:
+    """``channels_last`` for a 4-d channels-last input (not also contiguous), else None (contiguous)."""
+    if z.dim() == 4 and not z.is_contiguous() and z.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
 class StepHook(Protocol):
     """Observer called after every step: ``hook(neuron, t, u, spikes)`` with ``u`` the charge before firing."""
 
@@ -132,10 +139,14 @@ class IFNeuron(nn.Module):
         return channel_view(self.bias[t], ndim)
 
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
-        """``v[0]``: ``v0_fraction · θ`` (plus a per-input shift when a method set one), shaped like one step."""
-        v = (self.v0_fraction * channel_view(self.theta, like.dim())).expand_as(like).clone()
+        """``v[0]``: ``v0_fraction · θ`` (plus a per-input shift when a method set one), shaped like one step.
+
+        A new tensor with the memory format of ``like``.
+        """
+        v = torch.empty_like(like)
+        v.copy_((self.v0_fraction * channel_view(self.theta, like.dim())).expand_as(like))
         if self.init_potential is not None:
-            v = v + self.init_potential
+            v.add_(self.init_potential)
         return v
 
     # -- simulation ----------------------------------------------------------------------------------------
@@ -155,18 +166,41 @@ class IFNeuron(nn.Module):
         return if_step(v, z_t, channel_view(self.theta, z_t.dim()), self.bias_at(t, z_t.dim()))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Run all steps. ``z``: ``[T*B, C, ...]`` or static ``[B, C, ...]``; returns spikes ``[T*B, C, ...]``."""
+        """Run all steps. ``z``: ``[T*B, C, ...]`` or static ``[B, C, ...]``; returns spikes ``[T*B, C, ...]``.
+
+        The output keeps the memory format of the input (channels-last stays channels-last for the next conv).
+        """
         z_seq = self.as_sequence(z)
-        rule = self.step_rule or IFNeuron.step
+        steps, batch = z_seq.shape[:2]
+        fmt = _memory_format(z)
+        out = torch.empty((steps * batch, *z_seq.shape[2:]), dtype=z_seq.dtype, device=z_seq.device,
+                          **({"memory_format": fmt} if fmt is not None else {}))
+        out_seq = out.view(steps, batch, *z_seq.shape[2:])
         v = self.initial_potential(z_seq[0])
-        out = torch.empty(z_seq.shape, dtype=z_seq.dtype, device=z_seq.device)
-        for t in range(z_seq.shape[0]):
-            v, out[t] = rule(self, t, v, z_seq[t])
+        if self.step_rule is None and not self.step_hooks:
+            self._run_plain(v, z_seq, out_seq)
+            return out
+        rule = self.step_rule or IFNeuron.step
+        for t in range(steps):
+            v, spikes = rule(self, t, v, z_seq[t])
+            out_seq[t] = spikes
             if self.step_hooks:
-                u = v + out[t]
+                u = v + spikes
                 for hook in self.step_hooks:
-                    hook(self, t, u, out[t])
-        return out.flatten(0, 1)
+                    hook(self, t, u, out_seq[t])
+        return out
+
+    def _run_plain(self, v: torch.Tensor, z_seq: torch.Tensor, out_seq: torch.Tensor) -> None:
+        """:func:`if_step` for every step, in place and without temporaries (same operations, same rounding)."""
+        theta = channel_view(self.theta, v.dim())
+        for t in range(z_seq.shape[0]):
+            v.add_(z_seq[t])  # u = v + z - b
+            if t < self.bias.shape[0]:
+                v.sub_(channel_view(self.bias[t], v.dim()))
+            s_t = out_seq[t]
+            torch.ge(v, theta, out=s_t)  # H(u - θ) as 0.0 / 1.0
+            s_t.mul_(theta)  # s = θ·H(u - θ)
+            v.sub_(out_seq[t])  # v = u - s
 
     def extra_repr(self) -> str:
         per = "channel" if self.theta.numel() > 1 else "layer"

@@ -402,10 +402,8 @@ def test_wrong_image_shape_to_the_snn_is_an_error_and_leaves_it_usable(tiny_cnn,
         torch.testing.assert_close(snn(x, 4), before, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="SpikingNetwork.forward does not check the dtype: uint8 pixels 0..255 are "
-                   "taken as values 255x too large (snn.py; reported, not fixed here)")
 def test_uint8_images_to_the_snn_are_refused(tiny_cnn, mnist_like):
-    with pytest.raises((TypeError, ValueError, RuntimeError)):
+    with pytest.raises(TypeError, match="float images in \\[0, 1\\], got dtype torch.uint8"):
         with torch.no_grad():
             to_snn(tiny_cnn)((mnist_like[:2] * 255).to(torch.uint8), 2)
 
