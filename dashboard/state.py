@@ -145,11 +145,14 @@ def current_run() -> Run | None:
     return st.session_state.get("run")
 
 
+RUN_HINT = "Choose an experiment in the sidebar and press **Run** (the defaults take a few seconds)."
+
+
 def require_run() -> Run:
     """The session's finished run, or a hint to start one (and stop this page)."""
     run = current_run()
     if run is None:
-        st.info("Choose an experiment in the sidebar and press **Run** (the defaults take a few seconds).")
+        st.info(RUN_HINT)
         st.stop()
     return run
 

@@ -22,6 +22,8 @@ __all__ = ["Recorder", "Measurements", "HIST_EDGES"]
 
 #: Histogram bin edges of the charge ``u[t]/θ`` (outside values are counted in the first/last bin).
 HIST_EDGES = np.round(np.linspace(-1.5, 2.5, 41), 6)
+HIST_BINS, HIST_LOW = len(HIST_EDGES) - 1, float(HIST_EDGES[0])
+HIST_SCALE = HIST_BINS / float(HIST_EDGES[-1] - HIST_EDGES[0])  # bins per unit of u/θ (10)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ class Measurements:
         return pd.concat(frames, ignore_index=True)
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """All elements of a dense tensor as 1-D in memory order (a view, also for channels-last; order is lost)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return x.permute(order).reshape(-1)
+
+
 class Recorder:
     """Collect :class:`Measurements` while ``snn.simulate`` runs on batches whose ANN activations it saw.
 
@@ -97,11 +107,10 @@ class Recorder:
             raise ValueError("the ANN and the SNN do not pair up layer by layer")
         self.names = names
         self._acts: dict[str, torch.Tensor] = {}
-        self._count: dict[str, torch.Tensor] = {}
+        self._fired: dict[str, torch.Tensor] = {}  # spikes so far of the batch being simulated
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
         self._n_images = 0
         self._handles: list = []
-        self._edges = torch.tensor(HIST_EDGES, dtype=torch.float32)
 
     # -- context -------------------------------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
@@ -137,16 +146,24 @@ class Recorder:
                 h.remove()
         self._n_images += x.shape[0]
 
-    def _buffers(self, name: str, channels: int, device) -> dict[str, torch.Tensor]:
+    def _buffers(self, name: str, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float64 running sums of one layer (spike and ANN sums per channel, so offsets follow exactly)."""
         if name not in self._sums:
-            t, c = self.timesteps, channels
+            t, c, device = self.timesteps, self._acts[name].shape[1], theta.device
             z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)  # noqa: E731
-            self._sums[name] = {"abs": z(t, c), "off": z(t, c), "hist": z(t, len(HIST_EDGES) - 1),
-                                "rate": z(t), "ann": z(c), "n_pos": z(1), "n_neur": z(1)}
+            self._sums[name] = {"abs": z(t, c), "spikes": z(t, c), "ann": z(c), "n_pos": z(1), "n_neur": z(1),
+                                "hist": torch.zeros(t, HIST_BINS, dtype=torch.int64, device=device),
+                                "theta": theta.double().expand(c).clone()}
         return self._sums[name]
 
     @torch.no_grad()
     def _on_step(self, neuron: IFNeuron, t: int, u: torch.Tensor, spikes: torch.Tensor) -> None:
+        """Add step ``t`` of one layer: ``u`` (charge before firing) and ``spikes`` are ``[B, C, ...]``.
+
+        Per channel and step it sums |Σ_τ≤t s[τ] − (t+1)·a| (the error of the running mean times t+1), the
+        spikes (0 or θ, summed exactly in float64: spike rates and offsets come from these in :meth:`result`)
+        and the histogram of u/θ.
+        """
         t -= self.latency
         if t < 0:
             return
@@ -154,19 +171,20 @@ class Recorder:
         a = self._acts.get(name)
         if a is None or a.shape != u.shape:
             raise RuntimeError(f"Recorder: no ANN activations for layer {name!r} of this batch (call observe_ann)")
-        theta = channel_view(neuron.theta, u.dim())
-        count = spikes / theta if t == 0 else self._count[name] + spikes / theta
-        self._count[name] = count
-        s = self._buffers(name, u.shape[1], u.device)
-        per_channel = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1).sum(1)  # noqa: E731
-        s["abs"][t] += per_channel((count * theta / (t + 1) - a).abs()).double()
-        s["off"][t] += per_channel(count - a * (t + 1) / theta).double()
-        ratio = (u / theta).clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-1]) - 1e-6)
-        s["hist"][t] += torch.histc(ratio, bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]),
-                                    max=float(HIST_EDGES[-1])).double()
-        s["rate"][t] += (spikes > 0).sum().double()
+        if t == 0 and a.stride() != u.stride():  # e.g. a channels-last SNN: same layout, no strided arithmetic
+            a = self._acts[name] = torch.empty_like(u).copy_(a)
+        fired = spikes.clone() if t == 0 else self._fired[name].add_(spikes)  # Σ_τ≤t s[τ], in place
+        self._fired[name] = fired
+        s = self._buffers(name, neuron.theta)
+        dims = (0, *range(2, u.dim()))  # every axis but the channel
+        s["abs"][t] += torch.sub(fired, a, alpha=t + 1).abs_().sum(dims)
+        s["spikes"][t] += spikes.sum(dims, dtype=torch.float64)
+        # bin i = floor((u/θ − first edge) · bins per unit): [HIST_EDGES[i], HIST_EDGES[i+1]) up to float32
+        # rounding (torch.histc's arithmetic); values beyond the edges go to the first/last bin
+        bins = (u / channel_view(neuron.theta, u.dim())).sub_(HIST_LOW).mul_(HIST_SCALE).clamp_(0, HIST_BINS - 1)
+        s["hist"][t] += torch.bincount(_flat(bins.to(torch.int8)), minlength=HIST_BINS)  # int8: fast cast
         if t == 0:
-            s["ann"] += per_channel(a).double()
+            s["ann"] += a.sum(dims, dtype=torch.float64)
             s["n_pos"] += a.numel() / a.shape[1]
             s["n_neur"] += a.numel()
 
@@ -180,11 +198,13 @@ class Recorder:
             s = {k: v.cpu().numpy() for k, v in self._sums[name].items()}
             n_pos, n_neur = float(s["n_pos"][0]), float(s["n_neur"][0])
             ann_mean = s["ann"] / n_pos
-            out["abs"][name] = s["abs"] / n_pos
+            steps = np.arange(1, self.timesteps + 1, dtype=np.float64)[:, None]
+            out["abs"][name] = s["abs"] / (steps * n_pos)
             out["rel"][name] = out["abs"][name] / np.maximum(ann_mean, 1e-8)[None, :]
-            out["off"][name] = s["off"] / n_pos
-            out["hist"][name] = s["hist"]
-            out["rate"][name] = s["rate"] / n_neur
+            # offset in spikes: (spikes so far − (t+1)·ANN activation) / θ, summed over every batch
+            out["off"][name] = (np.cumsum(s["spikes"], 0) - steps * s["ann"][None, :]) / (s["theta"][None, :] * n_pos)
+            out["hist"][name] = s["hist"].astype(np.float64)
+            out["rate"][name] = (s["spikes"] / s["theta"][None, :]).sum(1) / n_neur
             out["ann"][name] = ann_mean
         return Measurements(tuple(self.names), self.timesteps, self._n_images, out["abs"], out["rel"], out["off"],
                             out["hist"], out["rate"], out["ann"])

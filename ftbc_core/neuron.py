@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-__all__ = ["QCFS", "IFNeuron", "if_step", "channel_view", "StepHook"]
+__all__ = ["QCFS", "IFNeuron", "if_step", "channel_view", "StepHook", "qcfs_reference"]
 
 
 class _FloorSTE(torch.autograd.Function):
@@ -32,6 +32,40 @@ class _FloorSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
+
+
+def qcfs_reference(z: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+    """QCFS written op by op with autograd (straight-through floor): the definition :class:`_QCFSFunction`
+    is tested against."""
+    x = torch.clamp(z / lam, 0.0, 1.0)
+    return _FloorSTE.apply(x * levels + 0.5) / levels * lam
+
+
+class _QCFSFunction(torch.autograd.Function):
+    """QCFS forward and its straight-through gradient in few passes over memory (training speed).
+
+    Same values as :func:`qcfs_reference` (the same float32 operations in the same order); gradients, with
+    ``x = z/λ`` and ``q = floor(clamp(x, 0, 1)·L + 1/2)/L``: ``∂a/∂z = 1[0 < x < 1]`` and
+    ``∂a/∂λ = q − x·1[0 < x < 1]``, exactly what autograd gives for the reference.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:  # noqa: D401
+        x = z / lam
+        out = torch.clamp(x, 0.0, 1.0).mul_(levels).add_(0.5).floor_().div_(levels)
+        ctx.save_for_backward(x, out)
+        ctx.lam_shape = lam.shape
+        return out * lam
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, q = ctx.saved_tensors
+        inside = (x > 0) & (x < 1)  # torch.clamp's gradient is 0 on the bounds
+        grad_z = grad * inside if ctx.needs_input_grad[0] else None
+        grad_lam = None
+        if ctx.needs_input_grad[1]:
+            grad_lam = torch.sum(grad * torch.where(inside, q - x, q)).reshape(ctx.lam_shape)
+        return grad_z, grad_lam, None
 
 
 class QCFS(nn.Module):
@@ -49,10 +83,7 @@ class QCFS(nn.Module):
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        lam = self.threshold.float()
-        x = torch.clamp(z.float() / lam, 0.0, 1.0)
-        x = _FloorSTE.apply(x * self.levels + 0.5) / self.levels
-        return x * lam
+        return _QCFSFunction.apply(z.float(), self.threshold.float(), self.levels)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}"

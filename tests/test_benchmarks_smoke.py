@@ -126,3 +126,28 @@ def test_cost_growth_point_in_subprocess():
     row = cost_growth.run_point(common.ModelSpec(random_arch="cnn"), 2, 2, args)
     assert row["T"] == 2 and row["batch"] == 2 and row["median s"] > 0
     assert row["peak_after_mib"] >= row["peak_before_mib"]
+
+
+@pytest.mark.slow
+def test_dashboard_latency_smoke(tmp_path):
+    """A tiny default experiment through AppTest, and through the browser when Chromium is there: every time
+    measured, and no re-render recomputed the experiment."""
+    import dashboard_latency
+
+    browser = dashboard_latency.CHROMIUM.exists() and dashboard_latency.CHROMEDRIVER.exists()
+    out = tmp_path / "dl.json"
+    dashboard_latency.main([
+        "--model", "cnn-mnist", "--rerenders", "1", "--no-png-check", "--out", str(out),
+        "--defaults", json.dumps({"timesteps": 2, "limit": 8, "batches": 1, "batch_size": 8}),
+        *([] if browser else ["--no-browser"])])
+    written = _written(out, "dashboard_latency")
+    app = written["apptest"]
+    assert app["run"]["model"] == "cnn-mnist" and app["run"]["timesteps"] == 2 and len(app["experiments"]) == 1
+    assert 0 < app["page_loaded_s"] < app["rendered_s"]
+    assert all(r["experiments_computed"] == 0 for r in app["rerender"].values())
+    if browser:
+        (start,) = written["browser"]["starts"]
+        assert 0 < start["server_ready_s"] < start["page_loaded_s"] < start["rendered_s"]
+        assert start["chart_title"].startswith("cnn-mnist") and len(start["experiments"]) == 1
+        for case in start["rerender"].values():
+            assert case["experiments_computed"] == 0 and case["shown"][0] != case["shown"][1]

@@ -134,8 +134,9 @@ def test_every_page_in_a_browser(server, driver):
     driver.get(server)
     _settle(driver, "Accuracy vs time step")
     _click(driver, '[data-testid="stSidebar"] button', "Run")
-    WebDriverWait(driver, 180, poll_frequency=0.5).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot'))
+    WebDriverWait(driver, 180, poll_frequency=0.5).until(  # the run's chart (before it, the page shows a preview)
+        lambda d: any("accuracy vs time steps" in e.text
+                      for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .gtitle')))
     for page in PAGES:
         if page != PAGES[0]:
             _click(driver, '[data-testid="stSidebarNavLink"]', page)

@@ -147,3 +147,20 @@ def test_card_with_bad_json(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"ftbc_card": "{not json"})
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(path)
+
+
+def test_set_card_notes_rewrites_only_the_notes(saved):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_card_notes", Path(__file__).parents[1] / "tools" / "set_card_notes.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model, path = saved
+    before = read_card(path)
+    tool.set_notes(path.with_suffix(""), "resumed with other speed settings")
+    loaded, card = load_checkpoint(path)
+    assert card.notes == "resumed with other speed settings"
+    assert {**vars(card), "notes": ""} == {**vars(before), "notes": ""}
+    assert json.loads(path.with_suffix(".json").read_text())["notes"] == card.notes
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

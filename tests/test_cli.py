@@ -31,10 +31,11 @@ def test_train_then_evaluate_with_json(tiny_mnist_dir, tmp_path, capsys):
     out = tmp_path / "models" / "tiny"
     code = main(["train", "--arch", "cnn", "--dataset", "mnist", "--data-dir", str(tiny_mnist_dir), "--out",
                  str(out), "--epochs", "2", "--batch-size", "50", "--lr", "0.05", "--init-threshold", "2",
-                 "--threads", "1"])
+                 "--threads", "1", "--notes", "a tiny test run"])
     assert code == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["arch"] == "cnn" and card["epochs"] == 2 and card["command"].startswith("ftbc train")
+    assert card["notes"] == "a tiny test run" and isinstance(card["extra"]["bf16_autocast"], bool)
     assert 0 <= card["ann_test_accuracy"] <= 100
     assert (out.parent / "tiny.resume.pt").exists()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ftbc_core.neuron import QCFS, IFNeuron, channel_view, if_step
+from ftbc_core.neuron import QCFS, IFNeuron, channel_view, if_step, qcfs_reference
 
 
 def test_if_step_hand_computed():
@@ -110,3 +110,26 @@ def test_qcfs_formula_and_straight_through_gradient():
     assert z.grad[3].item() == pytest.approx(1.0)  # straight through inside (0, λ)
     assert z.grad[0].item() == 0.0 and z.grad[-1].item() == 0.0  # clipped outside
     assert act.threshold.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (7, 11), (9,)])
+def test_fused_qcfs_matches_the_op_by_op_definition(shape):
+    # The training-speed autograd Function gives bit-identical values (same float32 ops in the same order) and
+    # the reference's gradients: exact for λ up to summation order, and for z up to the reference's extra
+    # ×λ/L·L/λ rounding. Points on the clamp bounds (x = 0, x = 1) are included: there torch.clamp's gradient is 0.
+    torch.manual_seed(0)
+    act = QCFS(levels=4, init_threshold=1.3)
+    z = torch.randn(*shape) * 1.5
+    z.view(-1)[:3] = torch.tensor([0.0, 1.3, -0.0])
+    z_fused, z_ref = z.clone().requires_grad_(), z.clone().requires_grad_()
+    a = act(z_fused)
+    weights = torch.randn_like(a)
+    (a * weights).sum().backward()
+    lam_grad = act.threshold.grad.clone()
+    act.threshold.grad = None
+    a_ref = qcfs_reference(z_ref, act.threshold, 4)
+    (a_ref * weights).sum().backward()
+    assert torch.equal(a, a_ref)
+    assert_close(z_fused.grad, z_ref.grad, rtol=1e-6, atol=1e-7)
+    assert z_fused.grad.view(-1)[0] == 0 and z_fused.grad.view(-1)[1] == 0  # on the bounds
+    assert_close(lam_grad, act.threshold.grad, rtol=1e-5, atol=1e-6)

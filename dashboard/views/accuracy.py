@@ -1,14 +1,18 @@
 """Page 1: top-1 accuracy after every time step, per method, against the ANN."""
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from dashboard import figures, state
 from ftbc_core.experiment import simulate_dataset
+from ftbc_core.inspect import qcfs_value, simulate_if_neurons
 from ftbc_core.snn import SpikingNetwork, running_mean
 
 st.title("Accuracy vs time step")
-run = state.require_run()
-result = run.result
+run = state.current_run()
+if run is None:
+    st.info(state.RUN_HINT)
 
 st.markdown(
     "The converted network sees the same image at every step; its output after *t* steps is the running mean of "
@@ -18,6 +22,22 @@ st.markdown(
     "ρ extra pre-simulation steps per input, so compare it on the latency axis too.")
 st.latex(r"\hat y(t) = \arg\max_k \frac{1}{t}\sum_{\tau=1}^{t} o_k[\tau], \qquad "
          r"\mathrm{acc}(t) = \frac{100}{N}\sum_{n=1}^{N} \mathbb{1}\left[\hat y_n(t) = y_n\right]\ (\%)")
+
+if run is None:  # before the first run: the same effect in one neuron (this also loads the chart code early)
+    steps = int(st.session_state.get("timesteps", state.defaults()["timesteps"]))
+    z = 0.37
+    st.caption(f"One IF neuron with a constant input z = {z} θ: its running mean output after t steps approaches the "
+               "ANN activation, with an error that shrinks like 1/t. A network's accuracy over t follows the errors "
+               "of all its neurons; the neuron lab shows more.")
+    trace = simulate_if_neurons(np.full((steps, 1), z), 1.0)
+    st.plotly_chart(figures.neuron_figure(trace, z, qcfs_value(z, 1.0, 4)), width="stretch", key="accuracy_preview")
+    rate = trace.rate[:, 0]
+    table = pd.DataFrame({"rate r[t]": rate, "|r[t] − z|": np.abs(rate - z)},
+                         index=pd.Index(range(1, steps + 1), name="t"))
+    st.dataframe(table.T.style.format("{:.3f}"), width="stretch")
+    state.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)
+    st.stop()
+result = run.result
 
 has_latency = any(result.reports[m].latency for m in result.methods)
 x_axis = "T"
