@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--no-fast", action="store_true", help="disable channels_last + bfloat16 autocast")
+    p.add_argument("--no-fast", action="store_true",
+                   help="disable channels_last and bfloat16 autocast (autocast is used only with native CPU bf16)")
     p.add_argument("--notes", default="", help="free text for the model card (how and why it was trained so)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster epochs)")
     p.add_argument("--limit", type=_positive_int, help="use only the first N train/test images (smoke tests)")
@@ -103,10 +104,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = TrainConfig(
         arch=args.arch, dataset=args.dataset, out=args.out, data_dir=args.data_dir, activation=args.activation,
-        levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device, fast=not args.no_fast, compile=args.compile,
-        notes=args.notes,
-        limit=args.limit, half=args.half, command="ftbc " + shlex.join(args.argv),
+        levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device, fast=not args.no_fast,
+        compile=args.compile, notes=args.notes, limit=args.limit, half=args.half,
+        command="ftbc " + shlex.join(args.argv),
     )
     train(cfg, resume=args.resume, progress=sys.stderr.isatty(), log=lambda m: print(m, flush=True))
 

@@ -152,7 +152,8 @@ def test_card_with_bad_json(tmp_path):
 def test_set_card_notes_rewrites_only_the_notes(saved):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("set_card_notes", Path(__file__).parents[1] / "tools" / "set_card_notes.py")
+    script = Path(__file__).parents[1] / "tools" / "set_card_notes.py"
+    spec = importlib.util.spec_from_file_location("set_card_notes", script)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     model, path = saved
