@@ -103,7 +103,9 @@ def _check_card_fields(data: dict[str, Any]) -> None:
         "arch": (lambda v: isinstance(v, str), "a string"),
         "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         "dataset": (lambda v: isinstance(v, str), "a string"),
-        "levels": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        # QCFS needs L >= 1; a ReLU model has no levels and its card says 0 (what ftbc train writes)
+        "levels": (lambda v: is_int(v) and v >= (1 if data.get("activation") == "qcfs" else 0),
+                   "an integer >= 1 for QCFS (0 for ReLU)"),
         "num_classes": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         "in_channels": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         "image_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),

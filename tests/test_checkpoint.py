@@ -165,3 +165,19 @@ def test_set_card_notes_rewrites_only_the_notes(saved):
     assert json.loads(path.with_suffix(".json").read_text())["notes"] == card.notes
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_relu_checkpoint_with_zero_levels_round_trips_and_qcfs_needs_levels(tmp_path):
+    # ftbc train writes levels = 0 on a ReLU model's card; the card check once refused it, so no trained ReLU
+    # model could be loaded (found when the shipped resnet20-cifar10-relu would not load)
+    torch.manual_seed(0)
+    relu = build_model("cnn", "relu", 4, mean=(0.1307,), std=(0.3081,)).eval()
+    path = save_checkpoint(relu, _card(activation="relu", levels=0), tmp_path / "relu")
+    loaded, card = load_checkpoint(path)
+    assert card.activation == "relu" and card.levels == 0
+    assert read_card(path).levels == 0
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), relu(x))
+    bad = save_checkpoint(build_model("cnn", "qcfs", 4), _card(levels=0), tmp_path / "qcfs0")
+    with pytest.raises(CheckpointError, match="levels must be an integer >= 1 for QCFS"):
+        load_checkpoint(bad)
