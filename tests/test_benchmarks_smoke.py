@@ -151,3 +151,12 @@ def test_dashboard_latency_smoke(tmp_path):
         assert start["chart_title"].startswith("cnn-mnist") and len(start["experiments"]) == 1
         for case in start["rerender"].values():
             assert case["experiments_computed"] == 0 and case["shown"][0] != case["shown"][1]
+
+
+def test_train_speed_smoke():
+    import train_speed
+
+    result = train_speed.main(["--arch", "cnn", "--batch-size", "4", "--steps", "1", "--threads", "1"])
+    assert [r["setting"] for r in result["rows"]][:2] == ["float32", "float32 channels_last"]
+    assert all(r["images_per_s"] > 0 for r in result["rows"]) and result["rows"][0]["ratio"] == 1.0
+    assert isinstance(result["native_bf16"], bool)
