@@ -208,12 +208,11 @@ class IFNeuron(nn.Module):
                           **({"memory_format": fmt} if fmt is not None else {}))
         out_seq = out.view(steps, batch, *z_seq.shape[2:])
         v = self.initial_potential(z_seq[0])
-        if self.step_rule is None and not self.step_hooks:
+        if self.step_rule is None:
             self._run_plain(v, z_seq, out_seq)
             return out
-        rule = self.step_rule or IFNeuron.step
         for t in range(steps):
-            v, spikes = rule(self, t, v, z_seq[t])
+            v, spikes = self.step_rule(self, t, v, z_seq[t])
             out_seq[t] = spikes
             if self.step_hooks:
                 u = v + spikes
@@ -222,8 +221,12 @@ class IFNeuron(nn.Module):
         return out
 
     def _run_plain(self, v: torch.Tensor, z_seq: torch.Tensor, out_seq: torch.Tensor) -> None:
-        """:func:`if_step` for every step, in place and without temporaries (same operations, same rounding)."""
+        """:func:`if_step` for every step, in place and without temporaries (same operations, same rounding).
+
+        Step hooks see the exact charge ``u`` (the potential before the reset, read-only) and the step's spikes.
+        """
         theta = channel_view(self.theta, v.dim())
+        hooks = self.step_hooks
         for t in range(z_seq.shape[0]):
             v.add_(z_seq[t])  # u = v + z - b
             if t < self.bias.shape[0]:
@@ -231,7 +234,9 @@ class IFNeuron(nn.Module):
             s_t = out_seq[t]
             torch.ge(v, theta, out=s_t)  # H(u - θ) as 0.0 / 1.0
             s_t.mul_(theta)  # s = θ·H(u - θ)
-            v.sub_(out_seq[t])  # v = u - s
+            for hook in hooks:
+                hook(self, t, v, s_t)  # v holds u here
+            v.sub_(s_t)  # v = u - s
 
     def extra_repr(self) -> str:
         per = "channel" if self.theta.numel() > 1 else "layer"

@@ -89,10 +89,15 @@ class FtbcRule:
             root = self._exact_root(neuron, v, z_t)
             w = self.exact_weight
             neuron.bias[t] = root if w >= 1.0 else (1 - w) * neuron.bias[t] + w * root
-        else:
-            _, s = if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
-            neuron.bias[t] += self.alpha * (self._mean(s) - self.target)
-        return if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
+            return if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
+        # the α-iteration; the same float32 operations as if_step (u = (v + z) − b), with v + z computed once
+        vz = v + z_t
+        u = vz - channel_view(neuron.bias[t], v.dim())
+        s = torch.ge(u, theta, out=u).mul_(theta)  # spikes with the current bias (u is not needed again)
+        neuron.bias[t] += self.alpha * (self._mean(s) - self.target)
+        u = vz.sub_(channel_view(neuron.bias[t], v.dim()))  # the step redone with the new bias
+        spikes = (u >= theta).to(u.dtype).mul_(theta)
+        return u.sub_(spikes), spikes
 
 
 @torch.no_grad()
