@@ -166,13 +166,15 @@ def _apptest(t0: float, log: Path, timeout: float, rerenders: int) -> dict[str, 
 
 
 # -- the browser --------------------------------------------------------------------------------------------
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (also used by tests/test_browser.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
+def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
+    """Wait for a `streamlit run` server's health endpoint; fail fast if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -213,7 +215,8 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def _driver(profile: Path):
+def chromium_driver(profile: Path):
+    """Debian's headless Chromium through selenium, with a fresh profile and no background networking."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -363,8 +366,8 @@ SCENARIOS = [
 def browser_start(env: dict[str, str], work: Path, args: argparse.Namespace, index: int) -> dict[str, Any]:
     """One fresh start: browser first, then the server; first render and (on the first start) the re-renders."""
     log = work / f"experiments-{index}.txt"
-    drv = _driver(work / f"chromium-{index}")
-    port = _free_port()
+    drv = chromium_driver(work / f"chromium-{index}")
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(work / f"server-{index}.log", "wb") as server_log:
         t0 = time.monotonic()
@@ -372,7 +375,7 @@ def browser_start(env: dict[str, str], work: Path, args: argparse.Namespace, ind
                                  "--_log", str(log)], cwd=ROOT, env=env, stdout=server_log,
                                 stderr=subprocess.STDOUT)
     try:
-        _wait_healthy(url, proc, args.timeout)
+        wait_healthy(url, proc, args.timeout)
         out: dict[str, Any] = {"server_ready_s": time.monotonic() - t0}
         drv.get(url)
         _wait(drv, lambda s: _idle(s) and _shows(s, "Accuracy vs time step") and s["run_button"], args.timeout,

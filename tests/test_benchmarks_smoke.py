@@ -158,5 +158,5 @@ def test_train_speed_smoke():
 
     result = train_speed.main(["--arch", "cnn", "--batch-size", "4", "--steps", "1", "--threads", "1"])
     assert [r["setting"] for r in result["rows"]][:2] == ["float32", "float32 channels_last"]
-    assert all(r["images_per_s"] > 0 for r in result["rows"]) and result["rows"][0]["ratio"] == 1.0
+    assert all(r["images_per_s"] > 0 and r["first_two_steps_s"] > 0 for r in result["rows"])
     assert isinstance(result["native_bf16"], bool)

@@ -7,43 +7,23 @@ a screenshot of each page under test-artifacts/screenshots/.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from dashboard_latency import CHROMEDRIVER, CHROMIUM, chromium_driver, free_port, wait_healthy  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PAGES = ["Accuracy vs time step", "Layers needing correction", "Bias trajectories", "Membrane potentials",
          "One image", "Neuron lab"]
 TITLES = {"Layers needing correction": "Which layers need most correction"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +32,7 @@ def server(tmp_path_factory):
         pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
                     "run `make browser-deps` (apt-get install -y chromium chromium-driver)")
     pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = dict(os.environ, FTBC_DASHBOARD_DEFAULT_MODEL="cnn-mnist", FTBC_DASHBOARD_PNG="0")
     env.setdefault("OMP_NUM_THREADS", os.environ.get("FTBC_TEST_THREADS", "2"))
@@ -63,7 +43,7 @@ def server(tmp_path_factory):
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc, 90.0)
         yield url
     finally:
         proc.terminate()
@@ -76,16 +56,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,2000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    drv = chromium_driver(tmp_path_factory.mktemp("chromium"))
     try:
         yield drv
     finally:
