@@ -1,9 +1,9 @@
 """Training of the ANNs (``ftbc train``): SGD + cosine schedule, batch-level augmentation, resumable.
 
 On the CPU the fast path is on by default: channels_last memory format, and bfloat16 autocast where the CPU
-computes bfloat16 natively (AVX512-BF16/AMX; elsewhere bfloat16 is emulated and slower than float32, measured 109
-vs 208 images/s for ResNet-20 on a 2-core Xeon without it); QCFS itself computes in float32. ``--compile``
-adds ``torch.compile`` (about 1.5 min of compilation, then about 2x faster QCFS training on such a CPU).
+computes bfloat16 natively (AVX512-BF16/AMX; elsewhere bfloat16 is emulated and slower than float32: 134.8 vs
+207.8 images/s for ResNet-20 on a 2-core Xeon without it, ``benchmarks/train_speed.py``); QCFS itself computes
+in float32. ``--compile`` adds ``torch.compile`` (a one-time compilation, then 2.2x faster QCFS training there).
 Augmentation (random crop with zero padding, horizontal flip for CIFAR) works on whole uint8 batches with tensor
 ops. A resumable state is written after every epoch; the final model is evaluated in
 float32 on the full test split and saved with its card.

@@ -160,3 +160,11 @@ def test_train_speed_smoke():
     assert [r["setting"] for r in result["rows"]][:2] == ["float32", "float32 channels_last"]
     assert all(r["images_per_s"] > 0 and r["first_two_steps_s"] > 0 for r in result["rows"])
     assert isinstance(result["native_bf16"], bool)
+
+
+def test_profile_experiment_smoke(capsys):
+    import profile_experiment
+
+    assert profile_experiment.main(["--model", "cnn-mnist", "--top", "3"]) > 0
+    out = capsys.readouterr().out
+    assert "cnn-mnist: T=" in out and "recorded" in out and "tottime" in out
