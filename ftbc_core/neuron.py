@@ -126,8 +126,9 @@ class StepHook(Protocol):
     def __call__(self, neuron: "IFNeuron", t: int, u: torch.Tensor, spikes: torch.Tensor) -> None: ...
 
 
-# (neuron, t, v_prev, z_t) -> (v_next, spikes); lets calibration methods decide a step themselves.
-StepRule = Callable[["IFNeuron", int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (neuron, t, v_prev, z_t, out) -> v_next, the step's spikes written into ``out``; lets calibration methods decide a
+# step themselves. The rule owns ``v_prev`` (it may update it in place) but must not modify ``z_t``.
+StepRule = Callable[["IFNeuron", int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class IFNeuron(nn.Module):
@@ -212,10 +213,9 @@ class IFNeuron(nn.Module):
             self._run_plain(v, z_seq, out_seq)
             return out
         for t in range(steps):
-            v, spikes = self.step_rule(self, t, v, z_seq[t])
-            out_seq[t] = spikes
+            v = self.step_rule(self, t, v, z_seq[t], out_seq[t])
             if self.step_hooks:
-                u = v + spikes
+                u = v + out_seq[t]
                 for hook in self.step_hooks:
                     hook(self, t, u, out_seq[t])
         return out

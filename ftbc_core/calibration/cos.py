@@ -26,12 +26,14 @@ class CosRule:
     def __init__(self, rho: int) -> None:
         self.rho = int(rho)
 
-    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor):
+    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         theta = channel_view(neuron.theta, v.dim())
         if t == self.rho and self.rho > 0:
             shift = theta * ((v >= theta).to(v.dtype) - (v < 0).to(v.dtype))
             v = neuron.v0_fraction * theta + shift
-        return if_step(v, z_t, theta, neuron.bias_at(t - self.rho if t >= self.rho else 10**9, v.dim()))
+        v_next, spikes = if_step(v, z_t, theta, neuron.bias_at(t - self.rho if t >= self.rho else 10**9, v.dim()))
+        out.copy_(spikes)
+        return v_next
 
 
 class CosNetwork(SpikingNetwork):

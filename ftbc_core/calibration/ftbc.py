@@ -54,8 +54,10 @@ class FtbcRule:
         self.layerwise = layerwise
         self.exact_weight = float(exact_weight)
 
-    def _mean(self, s: torch.Tensor) -> torch.Tensor:
-        m = _channel_mean(s)
+    def _mean(self, fired: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Channel means of the spikes ``θ·H`` from the 0/1 firing ``H``: ``θ_c · mean(H_c)`` (layer mean if
+        layerwise)."""
+        m = _channel_mean(fired) * theta
         return m.mean().view(1) if self.layerwise else m
 
     def _exact_root(self, neuron: IFNeuron, v: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
@@ -83,21 +85,26 @@ class FtbcRule:
             root = root * theta
         return root
 
-    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor):
+    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         theta = channel_view(neuron.theta, v.dim())
         if self.mode == "exact":
             root = self._exact_root(neuron, v, z_t)
             w = self.exact_weight
             neuron.bias[t] = root if w >= 1.0 else (1 - w) * neuron.bias[t] + w * root
-            return if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
-        # the α-iteration; the same float32 operations as if_step (u = (v + z) − b), with v + z computed once
-        vz = v + z_t
-        u = vz - channel_view(neuron.bias[t], v.dim())
-        s = torch.ge(u, theta, out=u).mul_(theta)  # spikes with the current bias (u is not needed again)
-        neuron.bias[t] += self.alpha * (self._mean(s) - self.target)
+            v_next, spikes = if_step(v, z_t, theta, channel_view(neuron.bias[t], v.dim()))
+            out.copy_(spikes)
+            return v_next
+        # The α-iteration in place (the rule owns v; ``out`` holds the trial firing, then the step's spikes):
+        # the same float32 operations as if_step, u = (v + z) − b, with v + z computed once.
+        vz = v.add_(z_t)
+        torch.sub(vz, channel_view(neuron.bias[t], v.dim()), out=out)
+        torch.ge(out, theta, out=out)  # H(u − θ) with the current bias, as 0.0 / 1.0
+        spike_mean = self._mean(out, neuron.theta)
+        neuron.bias[t] += self.alpha * (spike_mean - self.target)
         u = vz.sub_(channel_view(neuron.bias[t], v.dim()))  # the step redone with the new bias
-        spikes = (u >= theta).to(u.dtype).mul_(theta)
-        return u.sub_(spikes), spikes
+        torch.ge(u, theta, out=out)
+        out.mul_(theta)  # s = θ·H(u − θ)
+        return u.sub_(out)
 
 
 @torch.no_grad()
