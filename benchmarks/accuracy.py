@@ -35,26 +35,36 @@ from ftbc_core.evaluate import ann_accuracy
 from ftbc_core.experiment import calibration_images, simulate_dataset
 from ftbc_core.snn import to_snn
 
-GRIDS = {
-    "ftbc": [{"alpha": a, "batches": b, "batch_size": 64} for a, b in itertools.product((0.1, 0.2, 0.5), (2, 4, 8))],
-    "ftbc-layer": [{"alpha": a, "batches": 4, "batch_size": 64} for a in (0.1, 0.2, 0.5)],
-    "ftbc-exact": [{"batches": b, "batch_size": 64} for b in (1, 4)],
-}
+ALPHAS, BATCHES = (0.1, 0.2, 0.5), (2, 4, 8)  # the default selection grid (--alphas, --grid-batches)
+
+
+def grids(alphas=ALPHAS, batches=BATCHES) -> dict[str, list[dict]]:
+    """The options tried on the held-out images, per method."""
+    return {
+        "ftbc": [{"alpha": a, "batches": b, "batch_size": 64} for a, b in itertools.product(alphas, batches)],
+        "ftbc-layer": [{"alpha": a, "batches": 4, "batch_size": 64} for a in alphas],
+        "ftbc-exact": [{"batches": b, "batch_size": 64} for b in (1, 4)],
+    }
+
+
+GRIDS = grids()
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def select_options(method: str, snn, ann, calib: torch.Tensor, val, timesteps: list[int], rho: int) -> tuple[dict, list]:
+def select_options(method: str, snn, ann, calib: torch.Tensor, val, timesteps: list[int], rho: int,
+                   grid: dict[str, list[dict]] | None = None) -> tuple[dict, list]:
     """Choose a method's options on held-out training images; returns (best options, all trials)."""
+    grid = GRIDS if grid is None else grid
     if method == "cos":
         return {"rho": rho}, []
-    if method not in GRIDS:
+    if method not in grid:
         return {}, []
     t_max = max(timesteps)
     trials = []
-    for opts in GRIDS[method]:
+    for opts in grid[method]:
         net, _ = get_method(method).calibrate(snn, ann, calib, t_max, opts)
         acc, _ = simulate_dataset(net, ann, val, t_max)
         score = float(np.mean([acc[t - 1] for t in timesteps]))
@@ -83,7 +93,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     _log(f"{name}: ANN {result['ann_accuracy']:.2f}% on {len(test)} test images")
     for method in args.methods:
         start = time.perf_counter()
-        opts, trials = select_options(method, snn, ann, calib, val, select_ts, args.rho)
+        opts, trials = select_options(method, snn, ann, calib, val, select_ts, args.rho,
+                                      grids(args.alphas, args.grid_batches))
         net, report = get_method(method).calibrate(snn, ann, calib, t_max, opts)
         acc, _ = simulate_dataset(net, ann, test, t_max)
         result["methods"][method] = {
@@ -112,7 +123,7 @@ def markdown(result: dict, timesteps: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="accuracy table of the shipped models")
     parser.add_argument("--models", default="cnn-mnist")
     parser.add_argument("--data-dir", required=True)
@@ -122,25 +133,32 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--select-max-t", type=int, default=16)
     parser.add_argument("--rho", type=int, default=4)
+    parser.add_argument("--alphas", default=",".join(map(str, ALPHAS)), help="FTBC α values of the selection grid")
+    parser.add_argument("--grid-batches", default=",".join(map(str, BATCHES)),
+                        help="FTBC calibration batch counts of the selection grid")
     parser.add_argument("--limit", type=int, help="evaluate on the first N test images only (quick look)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     args.methods = args.methods.split(",")
+    args.alphas = tuple(float(a) for a in args.alphas.split(","))
+    args.grid_batches = tuple(int(b) for b in args.grid_batches.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:]),
+    meta = {"command": "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
             "torch": torch.__version__}
+    results = {}
     for name in args.models.split(","):
-        result = {**run_model(name, args), **meta}
+        result = results[name] = {**run_model(name, args), **meta}
         (out_dir / f"accuracy-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(markdown(result, args.timesteps) + "\n", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
     OMP_NUM_THREADS=1 python benchmarks/cost_growth.py --model resnet20-cifar10 vgg16-cifar10
 
-For each model: ``snn.simulate(x, T)`` (one chunk: all B images x T steps at once) for T in ``--timesteps`` at
-batch ``--batch``, and for B in ``--batch-sizes`` at T = ``--fixed-t``. Each point runs in a fresh Python process
+For each model: ``snn.simulate(x, T)`` (one chunk: all B images x T steps at once, so its memory grows with T x B
+by design) for T in ``--timesteps`` at batch ``--batch``, and for B in ``--batch-sizes`` at T = ``--fixed-t``.
+``--call forward`` measures ``snn(x, T)`` instead: the public forward, which splits the batch into chunks of at
+most ``max_batch_steps`` image-steps, so its peak memory should stay bounded as T x B grows. Each point runs in a fresh Python process
 (``--in-process`` to skip that), which measures the forward's peak memory as the growth of ``ru_maxrss`` (its
 peak first reset through ``/proc/self/clear_refs``) over the resident size just before the first full-size
 forward (after a 1-image, 1-step call has done the one-time set-up and ``malloc_trim`` has returned freed heap
@@ -63,8 +65,9 @@ def reset_peak_rss() -> bool:
 
 
 def measure_point(spec: ModelSpec, timesteps: int, batch: int, *, data_dir: str | None, threads: int,
-                  repeats: int, warmup: int) -> dict:
-    """Time (and, in a fresh process, peak memory of) ``snn.simulate(x, T)`` on ``batch`` evaluation images."""
+                  repeats: int, warmup: int, call: str = "simulate") -> dict:
+    """Time (and, in a fresh process, peak memory of) ``snn.simulate(x, T)`` (or ``snn(x, T)`` for
+    ``call="forward"``) on ``batch`` evaluation images."""
     set_threads(threads)
     calib, _ = load_calib(spec.dataset, data_dir, 128, spec.seed)
     ann = load_ann(spec, calib)
@@ -73,19 +76,20 @@ def measure_point(spec: ModelSpec, timesteps: int, batch: int, *, data_dir: str 
     if x.shape[0] < batch:  # fewer images than the batch: repeat them
         x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
     del calib
+    run = snn.simulate if call == "simulate" else snn
     with torch.no_grad():
-        snn.simulate(x[:1], 1)  # lazy one-time set-up (kernels, thread pool) out of the memory figure
+        run(x[:1], 1)  # lazy one-time set-up (kernels, thread pool) out of the memory figure
     release_free_memory()
     reset = reset_peak_rss()
     rss_before, peak_before = current_rss_mib(), peak_rss_mib()
     with torch.no_grad():
-        snn.simulate(x, timesteps)  # first call: its peak memory (and one more warm-up)
+        run(x, timesteps)  # first call: its peak memory (and one more warm-up)
     peak_after = peak_rss_mib()
     with torch.no_grad():
-        timing, _ = time_call(lambda: snn.simulate(x, timesteps), repeats=repeats, warmup=warmup)
+        timing, _ = time_call(lambda: run(x, timesteps), repeats=repeats, warmup=warmup)
     exact = reset or peak_after > peak_before  # else the set-up's own peak may hide the forward's
     peak = (peak_after - rss_before) if rss_before is not None else None
-    return {"model": spec.label, "T": timesteps, "batch": batch, "median s": timing.median,
+    return {"model": spec.label, "call": call, "T": timesteps, "batch": batch, "median s": timing.median,
             "ms/step": 1e3 * timing.median / timesteps, "ms/image-step": 1e3 * timing.median / (timesteps * batch),
             "peak MiB": peak if exact or peak is None else f"<={peak:.4g}",
             "peak_exact": exact, "rss_before_mib": rss_before, "peak_before_mib": peak_before,
@@ -94,7 +98,8 @@ def measure_point(spec: ModelSpec, timesteps: int, batch: int, *, data_dir: str 
 
 def run_point(spec: ModelSpec, timesteps: int, batch: int, args: argparse.Namespace) -> dict:
     """:func:`measure_point` in a fresh interpreter (or in this one with ``--in-process``, memory then omitted)."""
-    kwargs = dict(data_dir=args.data_dir, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
+    kwargs = dict(data_dir=args.data_dir, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                  call=args.call)
     if args.in_process:
         row = measure_point(spec, timesteps, batch, **kwargs)
         row["peak MiB"] = None  # this process's earlier points already set its peak
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (the median is reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per point after the memory-measuring one")
+    p.add_argument("--call", choices=["simulate", "forward"], default="simulate",
+                   help="simulate: one chunk of B x T image-steps; forward: snn(x, T), chunked (bounded memory)")
     p.add_argument("--in-process", action="store_true", help="no subprocess per point (faster; no memory figures)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>.json)")
     p.add_argument("--_point", default=None, help=argparse.SUPPRESS)
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         _point_main(args._point)
         return {}
     set_threads(args.threads)
-    cols = ["model", "T", "batch", "median s", "ms/step", "ms/image-step", "peak MiB"]
+    cols = ["model", "call", "T", "batch", "median s", "ms/step", "ms/image-step", "peak MiB"]
     sweeps: dict[str, list[dict]] = {"vs_T": [], "vs_batch": []}
     for spec in model_specs(args):
         for t in args.timesteps:
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         for b in args.batch_sizes:
             sweeps["vs_batch"].append(run_point(spec, args.fixed_t, b, args))
             print(fmt_table(sweeps["vs_batch"][-1:], cols).splitlines()[-1], file=sys.stderr, flush=True)
-    print(f"\nSNN forward (snn.simulate) vs T at batch {args.batch}; {args.threads} thread(s), "
+    call = "snn.simulate, one chunk" if args.call == "simulate" else "snn(x, T), chunked"
+    print(f"\nSNN forward ({call}) vs T at batch {args.batch}; {args.threads} thread(s), "
           f"median of {args.repeats}:")
     print(fmt_table(sweeps["vs_T"], cols))
     print(f"\nSNN forward vs batch size at T={args.fixed_t}:")
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
               "per point with the peak reset (/proc/self/clear_refs); where the reset is impossible and the set-up's "
               "own peak was higher, the figure is an upper bound, marked '<='.")
     figures = {**sweeps, "options": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
-    tag = "-".join(s.label for s in model_specs(args))
+    tag = "-".join(s.label for s in model_specs(args)) + ("-forward" if args.call == "forward" else "")
     path = write_result(f"{NAME}-{tag}", figures, args.out)
     print(f"wrote {path}")
     return figures

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> float:
     cfg = ExperimentConfig(model=args.model, timesteps=d["timesteps"], methods=tuple(d["methods"]), limit=d["limit"],
                            method_options={"alpha": d["alpha"], "batches": d["batches"],
                                            "batch_size": d["batch_size"], "rho": d["rho"], "seed": 0},
-                           record=True)
+                           record=True, record_images=min(d["record_images"], d["limit"]))
     run_experiment(ExperimentConfig(model=args.model, timesteps=2, methods=("none",), limit=8))  # warm-up
     profile = cProfile.Profile()
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> float:
     run_experiment(cfg)
     profile.disable()
     total = time.perf_counter() - start
-    print(f"{args.model}: T={cfg.timesteps}, {cfg.limit} images, methods {', '.join(cfg.methods)}, recorded; "
+    print(f"{args.model}: T={cfg.timesteps}, {cfg.limit} images, methods {', '.join(cfg.methods)}, measured on {cfg.record_images}; "
           f"{args.threads} thread(s): {total:.1f} s under cProfile")
     pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
     return total

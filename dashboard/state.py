@@ -36,8 +36,8 @@ from ftbc_core.train import resolve_device
 from dashboard import figures
 
 UPLOAD = "upload a checkpoint…"
-DEFAULTS = {"timesteps": 16, "limit": 200, "methods": ["none", "ftbc"], "alpha": 0.5, "batches": 4, "batch_size": 32,
-            "rho": 4}
+DEFAULTS = {"timesteps": 16, "limit": 200, "record_images": 100, "methods": ["none", "ftbc"], "alpha": 0.5,
+            "batches": 4, "batch_size": 32, "rho": 4}
 MEMORY_FRACTION = 0.25  # refuse runs whose estimated peak exceeds this share of the available memory
 BIAS_METHODS = ("ftbc", "ftbc-exact", "ftbc-layer")
 
@@ -276,6 +276,10 @@ def experiment_sidebar() -> None:
             batch_size = right.number_input("Batch size", 1, 512, int(values["batch_size"]), key="batch_size")
             rho = st.number_input("COS pre-steps ρ", 0, 16, int(values["rho"]), key="rho")
             limit = st.number_input("Evaluation images", 1, 10_000, int(values["limit"]), key="limit")
+            record_images = st.number_input(
+                "Measured images (charts)", 1, 10_000, int(values["record_images"]), key="record_images",
+                help="Per-layer errors, histograms and rates are measured on the first images only (the accuracy "
+                     "uses every evaluation image): measuring costs about as much as simulating.")
             device = st.selectbox("Device", devices, key="device")
             submitted = st.form_submit_button("Run", type="primary", key="run_button")
         summary = st.empty()
@@ -289,14 +293,17 @@ def experiment_sidebar() -> None:
                 model=ref[1] if ref[0] == "shipped" else f"upload:{ref[1][:16]}",
                 data_dir=data_dir.strip() if source == "data folder" else None, timesteps=int(timesteps),
                 methods=tuple(methods), limit=int(limit), device=device, record=True,
+                record_images=min(int(record_images), int(limit)),
                 method_options={"alpha": float(alpha), "batches": int(batches), "batch_size": int(batch_size),
                                 "rho": int(rho), "seed": 0})
             start_run(cfg, ref)
     run = current_run()
     if run is not None:
         r = run.result
+        measured = max((m.n_images for m in r.measurements.values() if m is not None), default=0)
+        part = f" (charts measured on the first {measured})" if 0 < measured < r.n_images else ""
         summary.caption(f"Showing **{r.model_name}**, T = {r.timesteps}, {r.n_images} images of the "
-                        f"{r.data_description}; ANN {r.ann_accuracy:.2f}%.")
+                        f"{r.data_description}{part}; ANN {r.ann_accuracy:.2f}%.")
 
 
 # -- page helpers: teaching aids and exports ----------------------------------------------------------------

@@ -4,6 +4,7 @@ and by the dashboard."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ class ExperimentConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     calib_images: int = 1024
     record: bool = False
+    record_images: int | None = None  # measure on the first N evaluation images only (None: all of them)
     seed: int = 0
 
 
@@ -164,10 +166,16 @@ def simulate_dataset(
     *,
     batch_size: int = 200,
     record: bool = False,
+    record_images: int | None = None,
     progress: Progress | None = None,
     label: str = "",
 ) -> tuple[np.ndarray, Measurements | None]:
-    """Accuracy ``[T]`` (percent) after every step, from one simulation to T, plus measurements if ``record``."""
+    """Accuracy ``[T]`` (percent) after every step, from one simulation to T, plus measurements if ``record``.
+
+    Args:
+        record_images: measure on the first N images only (rounded up to whole simulation chunks; the accuracy
+            still uses every image). ``Measurements.n_images`` says how many were measured.
+    """
     timesteps = check_timesteps(timesteps)
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
@@ -175,13 +183,19 @@ def simulate_dataset(
     total_steps = timesteps + net.latency
     chunk = min(batch_size, net.chunk_size(total_steps))
     correct = torch.zeros(timesteps, dtype=torch.long)
+    if record_images is not None and record_images < 1:
+        raise ValueError(f"the number of measured images must be >= 1, got {record_images}")
     recorder = Recorder(net, ann, timesteps) if record else None
     done = 0
-    with recorder if recorder is not None else _nullcontext():
+    with contextlib.ExitStack() as hooks:
+        if recorder is not None:
+            hooks.enter_context(recorder)
         for x, y in iterate_batches(data, chunk):
             x = x.to(device)
-            if recorder is not None:
+            if recorder is not None and (record_images is None or done < record_images):
                 recorder.observe_ann(x)
+            else:
+                hooks.close()  # enough images measured: the remaining batches run without hooks
             out = running_mean(net.simulate(x, total_steps)[net.latency :])
             correct += (out.argmax(-1).cpu() == y.view(1, -1)).sum(1)
             done += len(y)
@@ -189,14 +203,6 @@ def simulate_dataset(
                 progress(done / len(data), f"{label}simulating T={timesteps}: {done}/{len(data)} images")
     accuracy = (100.0 * correct.double() / len(data)).numpy()
     return accuracy, recorder.result() if recorder is not None else None
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def run_experiment(
@@ -217,6 +223,8 @@ def run_experiment(
     if not methods:
         raise ValueError("choose at least one method")
     check_options({k: v for k, v in cfg.method_options.items() if v is not None})
+    if cfg.record_images is not None and cfg.record_images < 1:
+        raise ValueError(f"the number of measured images must be >= 1, got {cfg.record_images}")
     if cfg.calib_images < 1 or cfg.batch_size < 1:
         raise ValueError(f"calib_images and batch_size must be >= 1, got {cfg.calib_images} and {cfg.batch_size}")
     device = resolve_device(cfg.device)
@@ -263,7 +271,7 @@ def run_experiment(
         net, rep = method.calibrate(snn, ann, calib, timesteps, opts, sub(0.0, 0.3, f"[{method.name}] "))
         start = time.perf_counter()
         acc, meas = simulate_dataset(net, ann, test_data, timesteps, batch_size=cfg.batch_size, record=cfg.record,
-                                     progress=sub(0.3, 1.0, f"[{method.name}] "))
+                                     record_images=cfg.record_images, progress=sub(0.3, 1.0, f"[{method.name}] "))
         seconds[method.name] = time.perf_counter() - start
         accuracy[method.name], reports[method.name], measurements[method.name] = acc, rep, meas
         say(f"{method.name}: calibrated in {rep.seconds:.1f} s, simulated in {seconds[method.name]:.1f} s; "

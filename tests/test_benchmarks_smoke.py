@@ -167,4 +167,27 @@ def test_profile_experiment_smoke(capsys):
 
     assert profile_experiment.main(["--model", "cnn-mnist", "--top", "3"]) > 0
     out = capsys.readouterr().out
-    assert "cnn-mnist: T=" in out and "recorded" in out and "tottime" in out
+    assert "cnn-mnist: T=" in out and "measured on 100" in out and "tottime" in out
+
+
+def test_accuracy_table_smoke(tmp_path, capsys):
+    # the accuracy protocol end to end on a data folder made of the bundled MNIST samples (1,000 + 1,000 images)
+    import numpy as np
+
+    import accuracy
+
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    samples = Path(__file__).resolve().parent.parent / "pretrained" / "samples"
+    for split, sample in (("train", "calib"), ("test", "eval")):
+        with np.load(samples / f"mnist-{sample}.npz") as f:
+            np.savez(folder / f"{split}.npz", x=f["x"], y=f["y"])
+    results = accuracy.main(["--models", "cnn-mnist", "--data-dir", str(tmp_path / "data"), "--timesteps", "1,4",
+                             "--methods", "none,ftbc", "--val-images", "40", "--calib-images", "64",
+                             "--alphas", "0.2,0.5", "--grid-batches", "1", "--limit", "60", "--threads", "1",
+                             "--out-dir", str(tmp_path / "out")])
+    ftbc = results["cnn-mnist"]["methods"]["ftbc"]
+    assert [t["options"]["alpha"] for t in ftbc["selection"]] == [0.2, 0.5]
+    assert results["cnn-mnist"]["n_test"] == 60 and set(ftbc["accuracy"]) == {"1", "4"}
+    assert (tmp_path / "out" / "accuracy-cnn-mnist.json").exists()
+    assert "| T | none | ftbc | FTBC gain |" in capsys.readouterr().out

@@ -72,6 +72,7 @@ def test_fresh_start_asks_for_a_run(at):
 def test_every_page_after_a_run(at, calls):
     run(at)
     assert len(calls) == 1 and calls[0].record and calls[0].timesteps == 4
+    assert calls[0].record_images == 20  # the default (100) capped at the evaluation images
     assert not errors(at) and charts(at) == 1
     table = at.dataframe[0].value
     assert list(table.index) == [1, 2, 3, 4] and {"ANN", "none", "ftbc"} <= set(table.columns)
@@ -247,3 +248,13 @@ def test_two_sessions_do_not_disturb_each_other(at, calls):
     assert "add FTBC" in other.info[0].value
     at.switch_page("views/biases.py").run()
     assert not at.info and charts(at) == 2
+
+
+def test_charts_measured_on_fewer_images_say_so(at, calls):
+    at.number_input(key="record_images").set_value(5)
+    at.number_input(key="timesteps").set_value(16)
+    run(at)
+    assert calls[-1].record_images == 5 and not errors(at)
+    caption = " ".join(c.value for c in at.sidebar.caption)
+    # T = 16: chunks of 128 / 16 = 8 images, so the first whole chunk is measured
+    assert ", 20 images" in caption and "charts measured on the first 8" in caption

@@ -141,3 +141,26 @@ def test_recorder_needs_the_ann_activations_and_removes_its_hooks(tiny_cnn, mnis
     assert all(not n.step_hooks for n in snn.neurons)
     with pytest.raises(RuntimeError, match="saw no simulation"):
         Recorder(snn, tiny_cnn, T).result()
+
+
+def test_measuring_a_subset_equals_measuring_those_images_alone(tiny_cnn):
+    # simulate_dataset(record_images=k): the measurements of the first k images (rounded up to whole chunks),
+    # exactly as if only those had been simulated, and the accuracy of all of them.
+    from ftbc_core.data import ImageArrays
+    from ftbc_core.experiment import simulate_dataset
+
+    gen = np.random.default_rng(3)
+    data = ImageArrays(gen.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), gen.integers(0, 10, 20))
+    snn = to_snn(tiny_cnn, max_batch_steps=4 * T)  # chunks of 4 images
+    acc_all, meas_all = simulate_dataset(snn, tiny_cnn, data, T, record=True)
+    acc_sub, meas_sub = simulate_dataset(snn, tiny_cnn, data, T, record=True, record_images=6)
+    _, meas_first = simulate_dataset(snn, tiny_cnn, data.subset(slice(0, 8)), T, record=True)
+    np.testing.assert_array_equal(acc_sub, acc_all)
+    assert meas_sub.n_images == 8 and meas_all.n_images == 20
+    for name in snn.layer_names:
+        np.testing.assert_array_equal(meas_sub.histograms[name], meas_first.histograms[name])
+        np.testing.assert_allclose(meas_sub.abs_error[name], meas_first.abs_error[name], rtol=1e-12)
+        assert not np.array_equal(meas_sub.histograms[name], meas_all.histograms[name])
+    assert all(not n.step_hooks for n in snn.neurons)
+    with pytest.raises(ValueError, match="measured images must be >= 1"):
+        simulate_dataset(snn, tiny_cnn, data, T, record=True, record_images=0)
