@@ -199,6 +199,22 @@ def _find_stored(cfg: ExperimentConfig) -> tuple[str, ExperimentResult] | None:
     return None
 
 
+PROGRESS_INTERVAL_S = 0.25  # at most 4 progress updates per second: each one is a message the browser re-renders
+
+
+def _throttled(bar, interval: float = PROGRESS_INTERVAL_S):
+    """A progress callback that updates ``bar`` at most every ``interval`` seconds (and always at the end)."""
+    last = [float("-inf")]
+
+    def update(fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= interval or fraction >= 1.0:
+            last[0] = now
+            bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+    return update
+
+
 def start_run(cfg: ExperimentConfig, model_ref: tuple[str, str]) -> None:
     """Run (or read from the cache) an experiment and make it this session's current run."""
     try:
@@ -212,8 +228,7 @@ def start_run(cfg: ExperimentConfig, model_ref: tuple[str, str]) -> None:
                 return
             bar = st.progress(0.0, text="starting…")
             start = time.perf_counter()
-            result = run_experiment(cfg, model=work, card=card,
-                                    progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+            result = run_experiment(cfg, model=work, card=card, progress=_throttled(bar))
             bar.empty()
             key = config_key(cfg)
             _stored_result(key, _result=result)

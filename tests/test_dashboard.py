@@ -258,3 +258,18 @@ def test_charts_measured_on_fewer_images_say_so(at, calls):
     caption = " ".join(c.value for c in at.sidebar.caption)
     # T = 16: chunks of 128 / 16 = 8 images, so the first whole chunk is measured
     assert ", 20 images" in caption and "charts measured on the first 8" in caption
+
+
+def test_progress_updates_are_throttled(monkeypatch):
+    clock = iter([0.0, 0.1, 0.2, 0.3, 0.35, 0.4])
+    monkeypatch.setattr(state.time, "perf_counter", lambda: next(clock))
+    shown = []
+
+    class Bar:
+        def progress(self, value, text):
+            shown.append((value, text))
+
+    update = state._throttled(Bar(), interval=0.25)
+    for i, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 1.0]):
+        update(f, f"step {i}")
+    assert shown == [(0.1, "step 0"), (0.4, "step 3"), (1.0, "step 5")]  # t = 0, 0.3 and the end

@@ -16,9 +16,11 @@ SHIPPED = list_pretrained()
 
 
 def test_the_repository_ships_models():
-    for name in ("cnn-mnist", "resnet20-cifar10", "resnet20-cifar10-relu"):
+    for name in ("cnn-mnist", "resnet20-cifar10", "resnet20-cifar10-relu", "vgg16-cifar10"):
         assert name in SHIPPED, f"no {name} in {PRETRAINED_DIR}"
-    assert SHIPPED["resnet20-cifar10"].activation == "qcfs" and SHIPPED["resnet20-cifar10"].levels == 4
+    for name in ("resnet20-cifar10", "vgg16-cifar10"):
+        assert SHIPPED[name].activation == "qcfs" and SHIPPED[name].levels == 4, name
+    assert SHIPPED["vgg16-cifar10"].arch == "vgg16"
     assert SHIPPED["resnet20-cifar10-relu"].activation == "relu"
 
 
