@@ -6,8 +6,8 @@ What it does:
 1. Converts the ANN with SpikingJelly (``ann2snn.Converter(RateCodingRecipe(loader, mode))``: Conv-BN folding,
    layer-wise thresholds θ from activation statistics, IF neurons with threshold 1, reset by subtraction
    (``v_reset=None``), v0 = 0, between ``VoltageScaler(1/θ)`` and ``VoltageScaler(θ)``).
-2. Builds ours from the same numbers: the same Conv-BN folding (``torch.nn.utils.fusion.fuse_conv_bn_eval``, as
-   SpikingJelly does) and ``to_snn(ann, thresholds={name: θ}, v0="zero")`` with the θ read from SpikingJelly's
+2. Builds ours from the same numbers: the same Conv-BN folding (``to_snn`` folds by default with
+   ``torch.nn.utils.fusion.fuse_conv_bn_eval``, as SpikingJelly does) and ``to_snn(ann, thresholds={name: θ}, v0="zero")`` with the θ read from SpikingJelly's
    scalers, matched to our activation names in forward order.
 3. Checks that both compute the same per-step running-mean logits ``[T, B, K]`` (float32 and float64).
 4. Times both on the evaluation images at each T: ours (``snn(x, T)``), SpikingJelly single-step (reset, feed the
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_data_args, add_model_args, fmt_table, load_ann, load_calib, load_eval,  # noqa: E402
@@ -41,20 +40,6 @@ NAME = "snn_vs_spikingjelly"
 
 
 # -- building the two networks -----------------------------------------------------------------------------------
-def fold_batchnorm(ann: nn.Module) -> nn.Module:
-    """A copy of ``ann`` with every Conv2d directly followed by a BatchNorm2d (in a Sequential) folded into the
-    conv (``fuse_conv_bn_eval``, the function SpikingJelly uses) and the BN replaced by Identity."""
-    ann = copy.deepcopy(ann).eval()
-    for seq in [m for m in ann.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
-                seq._modules[b] = nn.Identity()
-    return ann
-
-
 def split_normalize(ann: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(copy of ann without its input Normalize, the Normalize)`` (see the module docstring)."""
     if not isinstance(getattr(ann, "normalize", None), Normalize):
@@ -113,8 +98,8 @@ def build_pair(ann: nn.Module, calib: torch.Tensor, mode: str, batch_size: int,
     """
     sj_net, norm = convert_spikingjelly(ann, calib, mode, batch_size)
     thresholds = spikingjelly_thresholds(sj_net, ann)
-    ours = to_snn(fold_batchnorm(ann), thresholds=thresholds, v0="zero", max_batch_steps=max_batch_steps)
-    ours_unfolded = to_snn(ann, thresholds=thresholds, v0="zero", max_batch_steps=max_batch_steps)
+    ours = to_snn(ann, thresholds=thresholds, v0="zero", max_batch_steps=max_batch_steps)  # folds BN
+    ours_unfolded = to_snn(ann, thresholds=thresholds, v0="zero", max_batch_steps=max_batch_steps, fold_bn=False)
     return sj_net, norm, ours, ours_unfolded, thresholds
 
 

@@ -3,7 +3,8 @@
 :func:`to_snn` deep-copies a trained ANN and swaps every QCFS/ReLU for an :class:`~ftbc_core.neuron.IFNeuron`.
 :class:`SpikingNetwork` runs the copy for T steps on a static image: every stateless layer (normalisation, conv,
 BN, pooling, linear, residual add) runs once on the whole flattened sequence ``[T*B, ...]``; the layers before the
-first spiking layer run once on ``[B, ...]`` because their input does not change over time.
+first spiking layer run once on ``[B, ...]`` because their input does not change over time. Each Conv-BN pair
+is folded into one conv by default (:func:`fold_batchnorm`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .models import activation_modules
 from .neuron import QCFS, IFNeuron
 
-__all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "MAX_TIMESTEPS",
+__all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "fold_batchnorm", "MAX_TIMESTEPS",
            "DEFAULT_MAX_BATCH_STEPS"]
 
 MAX_TIMESTEPS = 4096
@@ -111,6 +113,29 @@ def running_mean(per_step: torch.Tensor) -> torch.Tensor:
     return per_step.cumsum(0) / counts.view(-1, *([1] * (per_step.dim() - 1)))
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every Conv2d that a BatchNorm2d directly follows in an
+    ``nn.Sequential`` folded into that conv (weight and bias rescaled by the BN's running statistics), the BN
+    replaced by ``nn.Identity`` so every other module keeps its name. ``model`` itself is not modified.
+
+    In eval mode BN is an affine map per channel, ``y = (x - μ) / sqrt(σ² + ε) · γ + β``, so the folded conv
+    computes the same function up to float rounding, one layer call fewer per Conv-BN pair.
+    """
+    return _fold_batchnorm_(copy.deepcopy(model).eval())
+
+
+def _fold_batchnorm_(model: nn.Module) -> nn.Module:
+    """:func:`fold_batchnorm` in place, on a model already in eval mode."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[second] = nn.Identity()
+    return model
+
+
 @torch.no_grad()
 def activation_thresholds(
     ann: nn.Module,
@@ -187,6 +212,7 @@ def to_snn(
     v0: str | float = "half",
     max_batch_steps: int = DEFAULT_MAX_BATCH_STEPS,
     channels_last: bool = True,
+    fold_bn: bool = True,
 ) -> SpikingNetwork:
     """Convert an ANN into a :class:`SpikingNetwork`; the ANN itself is not modified.
 
@@ -201,6 +227,8 @@ def to_snn(
         channels_last: store conv weights channels-last, so every conv and IF layer works on channels-last
             tensors (oneDNN's native layout on the CPU: no reorder per call; several times faster for the
             16-channel convolutions of ResNet-20). Results equal the contiguous layout's up to float rounding.
+        fold_bn: fold every Conv-BN pair into one conv (:func:`fold_batchnorm`); the same function up to float
+            rounding, about 7 % less simulation time on ResNet-20 (benchmarks/README.md).
     """
     fraction = {"half": 0.5, "zero": 0.0}.get(v0, v0) if isinstance(v0, str) else float(v0)
     if isinstance(fraction, str):
@@ -236,6 +264,7 @@ def to_snn(
         raise ValueError(f"no threshold given for layers {missing}")
 
     net = copy.deepcopy(ann).float().eval()
+    net = _fold_batchnorm_(net) if fold_bn else net
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     device = next(net.parameters()).device
     for name, _ in acts:

@@ -70,18 +70,6 @@ def test_snn_vs_spikingjelly_smoke(tmp_path):
     assert 0 <= speed["ours"]["accuracy"] <= 100
 
 
-def test_fold_batchnorm_keeps_the_function():
-    pytest.importorskip("spikingjelly")
-    import snn_vs_spikingjelly
-    from ftbc_core.models import build_model
-
-    ann = common.randomize_batchnorm(build_model("resnet20", "relu"), seed=3).eval()
-    x = torch.rand(2, 3, 32, 32)
-    folded = snn_vs_spikingjelly.fold_batchnorm(ann)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    torch.testing.assert_close(folded(x), ann(x), rtol=1e-4, atol=1e-5)
-
-
 def test_calibration_cost_smoke(tmp_path):
     out = tmp_path / "cc.json"
     figures = calibration_cost.main([

@@ -8,9 +8,9 @@ from torch import nn
 from torch.testing import assert_close
 
 from conftest import randomize
-from ftbc_core.models import Normalize, build_model
+from ftbc_core.models import Normalize, activation_modules, build_model
 from ftbc_core.neuron import QCFS, IFNeuron
-from ftbc_core.snn import to_snn
+from ftbc_core.snn import fold_batchnorm, to_snn
 
 
 def _single_layer_net(levels: int = 4) -> nn.Module:
@@ -157,3 +157,31 @@ def test_channels_last_layout_changes_only_rounding(arch):
     assert (a[-1].argmax(-1) == b[-1].argmax(-1)).all()
     assert (a - b).abs().median() <= 1e-5 * b.abs().max()
 
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet20", "vgg16"])
+def test_batchnorm_folding_keeps_the_function_and_the_names(arch):
+    torch.manual_seed(2)
+    in_channels, size = (1, 28) if arch == "cnn" else (3, 32)
+    ann = randomize(build_model(arch, "relu", in_channels=in_channels), seed=4)
+    before = copy.deepcopy(ann.state_dict())
+    folded = fold_batchnorm(ann)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert [n for n, _ in activation_modules(folded)] == [n for n, _ in activation_modules(ann)]
+    assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())  # the input model is untouched
+    ann64 = copy.deepcopy(ann).double()
+    x = torch.rand(2, in_channels, size, size, dtype=torch.float64)
+    with torch.no_grad():  # folded in float64, the same function up to float64 rounding
+        assert_close(fold_batchnorm(ann64)(x), ann64(x), rtol=1e-10, atol=1e-10)
+
+
+def test_folded_snn_changes_only_rounding(tiny_cnn, mnist_like):
+    folded, plain = to_snn(tiny_cnn), to_snn(tiny_cnn, fold_bn=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert folded.layer_names == plain.layer_names
+    with torch.no_grad():
+        a, b = folded(mnist_like, 8), plain(mnist_like, 8)
+    # a neuron within float32 rounding of θ may flip, so compare predictions and the bulk of the logits
+    assert (a[-1].argmax(-1) == b[-1].argmax(-1)).float().mean() >= 0.95
+    assert (a - b).abs().median() <= 1e-5 * b.abs().max()
