@@ -36,7 +36,9 @@ from ftbc_core.train import resolve_device
 from dashboard import figures
 
 UPLOAD = "upload a checkpoint…"
-DEFAULTS = {"timesteps": 16, "limit": 200, "record_images": 100, "methods": ["none", "ftbc"], "alpha": 0.5,
+# T = 8: where FTBC matters most in a lecture (about 3 points on ResNet-20, under 1 point at T = 16), and a first
+# run that renders in about 16 s on 2 cores (benchmarks/README.md, dashboard latency); the form takes 1-64.
+DEFAULTS = {"timesteps": 8, "limit": 200, "record_images": 100, "methods": ["none", "ftbc"], "alpha": 0.5,
             "batches": 4, "batch_size": 32, "rho": 4}
 MEMORY_FRACTION = 0.25  # refuse runs whose estimated peak exceeds this share of the available memory
 BIAS_METHODS = ("ftbc", "ftbc-exact", "ftbc-layer")
