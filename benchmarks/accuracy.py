@@ -9,13 +9,18 @@ Protocol (no test-set peeking):
    mean accuracy over the requested T (up to ``--select-max-t``). COS uses ρ = ``--rho`` (4, as in its README).
 3. Each method is calibrated once with its chosen options and simulated once to max(T) on the full test split;
    accuracy at every T comes from that one run (everything is causal).
-Results are printed as a Markdown table and written as JSON to ``benchmarks/results/accuracy-<model>.json``.
+Results are printed as a Markdown table and written as JSON to ``benchmarks/results/accuracy-<model>.json``,
+after every method (``"complete": false`` until all asked for are done). ``--resume`` keeps the methods that
+file already has when it was made with the same protocol (model, test images, T, seeds, held-out and
+calibration images, selection grid) and runs only the others, so a slow model's table can be built over
+several sessions; ``runs`` lists the command and date behind each part.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import itertools
 import json
 import platform
@@ -74,7 +79,41 @@ def select_options(method: str, snn, ann, calib: torch.Tensor, val, timesteps: l
     return dict(best["options"]), trials
 
 
-def run_model(name: str, args: argparse.Namespace) -> dict:
+def protocol(name: str, args: argparse.Namespace) -> dict:
+    """Everything that decides a method's numbers apart from the method itself (what --resume compares)."""
+    weights = resolve_checkpoint(name)
+    return {"model": name, "weights_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
+            "data_dir": str(Path(args.data_dir).resolve()), "limit": args.limit, "timesteps": list(args.timesteps), "seed": args.seed,
+            "val_images": args.val_images, "calib_images": args.calib_images, "select_max_t": args.select_max_t,
+            "rho": args.rho, "alphas": list(args.alphas), "grid_batches": list(args.grid_batches)}
+
+
+def previous_result(path: Path, name: str, args: argparse.Namespace) -> dict | None:
+    """The stored result to resume from, or None; exits with a message if it was made differently."""
+    if not args.resume or not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"cannot resume from {path}: {err}")
+    want = protocol(name, args)
+    have = old.get("protocol")
+    if have != want:
+        diff = sorted(k for k in want if (have or {}).get(k) != want[k]) if isinstance(have, dict) else ["protocol"]
+        raise SystemExit(f"cannot resume from {path}: it was made with different settings ({', '.join(diff)}); "
+                         "drop --resume to start again, or use the same settings")
+    return old
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a failed or interrupted run leaves the previous file (or none), never a partial one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_model(name: str, args: argparse.Namespace, meta: dict, path: Path) -> dict:
+    old = previous_result(path, name, args)
     ann, card = load_checkpoint(resolve_checkpoint(name))
     info = get_info(card.dataset)
     train = load_split(card.dataset, "train", args.data_dir)
@@ -89,9 +128,17 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     t_max = max(args.timesteps)
     select_ts = [t for t in args.timesteps if t <= args.select_max_t] or [min(args.timesteps)]
     result = {"model": name, "dataset": card.dataset, "card_ann_accuracy": card.ann_test_accuracy,
-              "n_test": len(test), "ann_accuracy": ann_accuracy(ann, test), "methods": {}}
+              "n_test": len(test), "ann_accuracy": ann_accuracy(ann, test), "methods": {},
+              "protocol": protocol(name, args), "runs": []}
+    if old is not None:  # same weights, data folder and settings: keep every method it has
+        result["methods"] = dict(old.get("methods", {}))
+        result["runs"] = list(old.get("runs", []))
+        if result["methods"]:
+            _log(f"{name}: resuming; kept {', '.join(result['methods'])} from {path}")
+    todo = [m for m in args.methods if m not in result["methods"]]
+    result["runs"].append({**meta, "methods": todo})
     _log(f"{name}: ANN {result['ann_accuracy']:.2f}% on {len(test)} test images")
-    for method in args.methods:
+    for method in todo:
         start = time.perf_counter()
         opts, trials = select_options(method, snn, ann, calib, val, select_ts, args.rho,
                                       grids(args.alphas, args.grid_batches))
@@ -102,7 +149,10 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
             "latency": report.latency, "accuracy": {str(t): float(acc[t - 1]) for t in args.timesteps},
             "seconds": time.perf_counter() - start}
         _log(f"  {method} {report.options}: " + ", ".join(f"T={t} {acc[t - 1]:.2f}" for t in args.timesteps))
-    return result
+        write_json(path, {**result, **meta, "complete": False})
+    kept = [m for m in result["methods"] if m not in args.methods]
+    result["methods"] = {m: result["methods"][m] for m in list(args.methods) + kept}  # the asked order first
+    return {**result, **meta, "complete": True}
 
 
 def markdown(result: dict, timesteps: list[int]) -> str:
@@ -140,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods the output file already has (same settings) and run only the others")
     args = parser.parse_args(argv)
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     args.methods = args.methods.split(",")
@@ -155,8 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__}
     results = {}
     for name in args.models.split(","):
-        result = results[name] = {**run_model(name, args), **meta}
-        (out_dir / f"accuracy-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        path = out_dir / f"accuracy-{name}.json"
+        result = results[name] = run_model(name, args, meta, path)
+        write_json(path, result)
         print(markdown(result, args.timesteps) + "\n", flush=True)
     return results
 
