@@ -9,11 +9,12 @@ Protocol (no test-set peeking):
    mean accuracy over the requested T (up to ``--select-max-t``). COS uses ρ = ``--rho`` (4, as in its README).
 3. Each method is calibrated once with its chosen options and simulated once to max(T) on the full test split;
    accuracy at every T comes from that one run (everything is causal).
-Results are printed as a Markdown table and written as JSON to ``benchmarks/results/accuracy-<model>.json``,
-after every method (``"complete": false`` until all asked for are done). ``--resume`` keeps the methods that
-file already has when it was made with the same protocol (model, test images, T, seeds, held-out and
-calibration images, selection grid) and runs only the others, so a slow model's table can be built over
-several sessions; ``runs`` lists the command and date behind each part.
+Results are printed as a Markdown table (also written to ``accuracy-<model>.md``) and written as JSON to
+``benchmarks/results/accuracy-<model>.json``, after every method (``"complete": false`` until all asked for
+are done). ``--resume`` keeps the methods that file already has when it was made with the same protocol
+(weights, data folder, test images, T, seeds, held-out and calibration images, selection grid) and runs only
+the others, so a slow model's table can be built over several sessions; ``runs`` lists the command, date and
+commit behind each part.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import itertools
 import json
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,7 +85,8 @@ def protocol(name: str, args: argparse.Namespace) -> dict:
     """Everything that decides a method's numbers apart from the method itself (what --resume compares)."""
     weights = resolve_checkpoint(name)
     return {"model": name, "weights_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
-            "data_dir": str(Path(args.data_dir).resolve()), "limit": args.limit, "timesteps": list(args.timesteps), "seed": args.seed,
+            "data_dir": str(Path(args.data_dir).resolve()), "limit": args.limit,
+            "timesteps": list(args.timesteps), "seed": args.seed,
             "val_images": args.val_images, "calib_images": args.calib_images, "select_max_t": args.select_max_t,
             "rho": args.rho, "alphas": list(args.alphas), "grid_batches": list(args.grid_batches)}
 
@@ -98,11 +101,27 @@ def previous_result(path: Path, name: str, args: argparse.Namespace) -> dict | N
         raise SystemExit(f"cannot resume from {path}: {err}")
     want = protocol(name, args)
     have = old.get("protocol")
+    if have is None:
+        raise SystemExit(f"cannot resume from {path}: it was written before accuracy.py recorded its settings; "
+                         "drop --resume to start again")
     if have != want:
         diff = sorted(k for k in want if (have or {}).get(k) != want[k]) if isinstance(have, dict) else ["protocol"]
         raise SystemExit(f"cannot resume from {path}: it was made with different settings ({', '.join(diff)}); "
                          "drop --resume to start again, or use the same settings")
     return old
+
+
+def git_commit() -> str | None:
+    """The checked-out commit (with ``+dirty`` for uncommitted changes), recorded with each run; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -136,7 +155,8 @@ def run_model(name: str, args: argparse.Namespace, meta: dict, path: Path) -> di
         if result["methods"]:
             _log(f"{name}: resuming; kept {', '.join(result['methods'])} from {path}")
     todo = [m for m in args.methods if m not in result["methods"]]
-    result["runs"].append({**meta, "methods": todo})
+    run = {**meta, "git_commit": git_commit(), "methods": []}  # a method is listed once it is done
+    result["runs"].append(run)
     _log(f"{name}: ANN {result['ann_accuracy']:.2f}% on {len(test)} test images")
     for method in todo:
         start = time.perf_counter()
@@ -149,6 +169,7 @@ def run_model(name: str, args: argparse.Namespace, meta: dict, path: Path) -> di
             "latency": report.latency, "accuracy": {str(t): float(acc[t - 1]) for t in args.timesteps},
             "seconds": time.perf_counter() - start}
         _log(f"  {method} {report.options}: " + ", ".join(f"T={t} {acc[t - 1]:.2f}" for t in args.timesteps))
+        run["methods"].append(method)
         write_json(path, {**result, **meta, "complete": False})
     kept = [m for m in result["methods"] if m not in args.methods]
     result["methods"] = {m: result["methods"][m] for m in list(args.methods) + kept}  # the asked order first
@@ -210,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         path = out_dir / f"accuracy-{name}.json"
         result = results[name] = run_model(name, args, meta, path)
         write_json(path, result)
-        print(markdown(result, args.timesteps) + "\n", flush=True)
+        table = markdown(result, args.timesteps)
+        path.with_suffix(".md").write_text(table + "\n")
+        print(table + "\n", flush=True)
     return results
 
 

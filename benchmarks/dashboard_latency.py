@@ -46,13 +46,14 @@ NAME = "dashboard_latency"
 TARGETS = {"first_render_s": 20.0, "rerender_s": 1.0}
 POLL_S = 0.1  # page polls (each a DOM query in the browser): 0.1 s resolution, little browser CPU
 
-# While the script runs, a wait reads only this (two attribute/element look-ups): the full status below queries
-# the whole page, and polling it every 0.1 s cost the browser enough CPU on 2 cores to slow the experiment
-# running beside it by about 60 % (20.6 s vs 12.5 s; a user's browser does not poll the DOM).
+# While the script runs, a wait reads only this (three look-ups): the full status below queries the whole page,
+# and polling it every 0.1 s cost the browser enough CPU on 2 cores to slow the experiment running beside it
+# (one start at T = 16: 20.6 s, against 11.9-17.4 s with this; a user's browser does not poll the DOM).
 RUNNING_JS = """
 const app = document.querySelector('[data-testid="stApp"]');
 return {state: app ? app.getAttribute('data-test-script-state') : null,
-        progress: document.querySelector('[data-testid="stProgress"]') ? 1 : 0};
+        progress: document.querySelector('[data-testid="stProgress"]') ? 1 : 0,
+        titles: [...document.querySelectorAll('[data-testid="stPlotlyChart"] .gtitle')].map(e => e.textContent)};
 """
 
 # Everything the waits look at, read in one round trip.

@@ -6,9 +6,9 @@ What it does:
 1. Converts the ANN with SpikingJelly (``ann2snn.Converter(RateCodingRecipe(loader, mode))``: Conv-BN folding,
    layer-wise thresholds θ from activation statistics, IF neurons with threshold 1, reset by subtraction
    (``v_reset=None``), v0 = 0, between ``VoltageScaler(1/θ)`` and ``VoltageScaler(θ)``).
-2. Builds ours from the same numbers: the same Conv-BN folding (``to_snn`` folds by default with
-   ``torch.nn.utils.fusion.fuse_conv_bn_eval``, as SpikingJelly does) and ``to_snn(ann, thresholds={name: θ}, v0="zero")`` with the θ read from SpikingJelly's
-   scalers, matched to our activation names in forward order.
+2. Builds ours from the same numbers: ``to_snn(ann, thresholds={name: θ}, v0="zero")``, which folds each
+   Conv-BN pair with ``torch.nn.utils.fusion.fuse_conv_bn_eval`` as SpikingJelly does, with the θ read from
+   SpikingJelly's scalers, matched to our activation names in forward order.
 3. Checks that both compute the same per-step running-mean logits ``[T, B, K]`` (float32 and float64).
 4. Times both on the evaluation images at each T: ours (``snn(x, T)``), SpikingJelly single-step (reset, feed the
    image T times) and multi-step (``functional.set_step_mode(net, "m")``, input ``[T, B, ...]``), and reports

@@ -228,7 +228,8 @@ def to_snn(
             tensors (oneDNN's native layout on the CPU: no reorder per call; several times faster for the
             16-channel convolutions of ResNet-20). Results equal the contiguous layout's up to float rounding.
         fold_bn: fold every Conv-BN pair into one conv (:func:`fold_batchnorm`); the same function up to float
-            rounding, about 7 % less simulation time on ResNet-20 (benchmarks/README.md).
+            rounding, one layer call fewer per pair (BN was about 7 % of a ResNet-20 profile; the measured gain
+            of the dashboard's run was within noise, benchmarks/README.md).
     """
     fraction = {"half": 0.5, "zero": 0.0}.get(v0, v0) if isinstance(v0, str) else float(v0)
     if isinstance(fraction, str):

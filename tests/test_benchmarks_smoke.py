@@ -170,25 +170,26 @@ def test_accuracy_table_smoke(tmp_path, capsys):
     for split, sample in (("train", "calib"), ("test", "eval")):
         with np.load(samples / f"mnist-{sample}.npz") as f:
             np.savez(folder / f"{split}.npz", x=f["x"], y=f["y"])
-    common = ["--models", "cnn-mnist", "--data-dir", str(tmp_path / "data"), "--timesteps", "1,4",
+    shared = ["--models", "cnn-mnist", "--data-dir", str(tmp_path / "data"), "--timesteps", "1,4",
               "--val-images", "40", "--calib-images", "64", "--alphas", "0.2,0.5", "--grid-batches", "1",
               "--threads", "1", "--out-dir", str(tmp_path / "out")]
-    results = accuracy.main(common + ["--methods", "none,ftbc", "--limit", "60"])
+    results = accuracy.main(shared + ["--methods", "none,ftbc", "--limit", "60"])
     ftbc = results["cnn-mnist"]["methods"]["ftbc"]
     assert [t["options"]["alpha"] for t in ftbc["selection"]] == [0.2, 0.5]
     assert results["cnn-mnist"]["n_test"] == 60 and set(ftbc["accuracy"]) == {"1", "4"}
     path = tmp_path / "out" / "accuracy-cnn-mnist.json"
     first = json.loads(path.read_text())
     assert first["complete"] and [r["methods"] for r in first["runs"]] == [["none", "ftbc"]]
+    assert path.with_suffix(".md").read_text().startswith("**cnn-mnist**")
     assert "| T | none | ftbc | FTBC gain |" in capsys.readouterr().out
 
     # --resume keeps what the file has (nothing recomputed: even the timings are the stored ones) and adds the rest
-    resumed = accuracy.main(common + ["--methods", "cos,none", "--limit", "60", "--resume"])["cnn-mnist"]
+    resumed = accuracy.main(shared + ["--methods", "cos,none", "--limit", "60", "--resume"])["cnn-mnist"]
     assert list(resumed["methods"]) == ["cos", "none", "ftbc"]
     assert resumed["methods"]["none"] == first["methods"]["none"] and resumed["methods"]["ftbc"] == ftbc
     assert [r["methods"] for r in resumed["runs"]] == [["none", "ftbc"], ["cos"]]
     assert json.loads(path.read_text()) == json.loads(json.dumps(resumed))
     # ... but only with the same settings, and it leaves the file as it was
     with pytest.raises(SystemExit, match="different settings .*limit"):
-        accuracy.main(common + ["--methods", "none", "--limit", "50", "--resume"])
+        accuracy.main(shared + ["--methods", "none", "--limit", "50", "--resume"])
     assert json.loads(path.read_text()) == json.loads(json.dumps(resumed))

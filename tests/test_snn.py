@@ -158,7 +158,6 @@ def test_channels_last_layout_changes_only_rounding(arch):
     assert (a - b).abs().median() <= 1e-5 * b.abs().max()
 
 
-
 @pytest.mark.parametrize("arch", ["cnn", "resnet20", "vgg16"])
 def test_batchnorm_folding_keeps_the_function_and_the_names(arch):
     torch.manual_seed(2)
@@ -185,3 +184,11 @@ def test_folded_snn_changes_only_rounding(tiny_cnn, mnist_like):
     # a neuron within float32 rounding of θ may flip, so compare predictions and the bulk of the logits
     assert (a[-1].argmax(-1) == b[-1].argmax(-1)).float().mean() >= 0.95
     assert (a - b).abs().median() <= 1e-5 * b.abs().max()
+
+
+def test_folding_skips_what_it_cannot_fold():
+    lone_bn = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU())  # BN before the conv
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU())
+    for model in (lone_bn, no_stats):
+        folded = fold_batchnorm(model)
+        assert [type(m) for m in folded] == [type(m) for m in model]
