@@ -91,15 +91,15 @@ def protocol(name: str, args: argparse.Namespace) -> dict:
             "rho": args.rho, "alphas": list(args.alphas), "grid_batches": list(args.grid_batches)}
 
 
-def previous_result(path: Path, name: str, args: argparse.Namespace) -> dict | None:
-    """The stored result to resume from, or None; exits with a message if it was made differently."""
+def previous_result(path: Path, want: dict, args: argparse.Namespace) -> dict | None:
+    """The stored result to resume from, or None; exits with a message if it was made with other settings than
+    ``want`` (:func:`protocol`)."""
     if not args.resume or not path.exists():
         return None
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"cannot resume from {path}: {err}")
-    want = protocol(name, args)
     have = old.get("protocol")
     if have is None:
         raise SystemExit(f"cannot resume from {path}: it was written before accuracy.py recorded its settings; "
@@ -132,7 +132,8 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_model(name: str, args: argparse.Namespace, meta: dict, path: Path) -> dict:
-    old = previous_result(path, name, args)
+    settings = protocol(name, args)  # hashes the weights file: once per model
+    old = previous_result(path, settings, args)
     ann, card = load_checkpoint(resolve_checkpoint(name))
     info = get_info(card.dataset)
     train = load_split(card.dataset, "train", args.data_dir)
@@ -148,7 +149,7 @@ def run_model(name: str, args: argparse.Namespace, meta: dict, path: Path) -> di
     select_ts = [t for t in args.timesteps if t <= args.select_max_t] or [min(args.timesteps)]
     result = {"model": name, "dataset": card.dataset, "card_ann_accuracy": card.ann_test_accuracy,
               "n_test": len(test), "ann_accuracy": ann_accuracy(ann, test), "methods": {},
-              "protocol": protocol(name, args), "runs": []}
+              "protocol": settings, "runs": []}
     if old is not None:  # same weights, data folder and settings: keep every method it has
         result["methods"] = dict(old.get("methods", {}))
         result["runs"] = list(old.get("runs", []))

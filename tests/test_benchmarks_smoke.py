@@ -193,3 +193,17 @@ def test_accuracy_table_smoke(tmp_path, capsys):
     with pytest.raises(SystemExit, match="different settings .*limit"):
         accuracy.main(shared + ["--methods", "none", "--limit", "50", "--resume"])
     assert json.loads(path.read_text()) == json.loads(json.dumps(resumed))
+
+
+def test_latency_placeholder_status_has_every_key_of_the_full_status():
+    # while the script runs, a wait sees RUNNING_JS's keys plus _NOT_READ's: together they must be STATUS_JS's
+    import re
+
+    import dashboard_latency as lat
+
+    def keys(js: str) -> set[str]:
+        return set(re.findall(r"(\w+):", js.split("return", 1)[1]))
+
+    full = keys(lat.STATUS_JS)
+    assert keys(lat.RUNNING_JS) <= full
+    assert set(lat._NOT_READ) | keys(lat.RUNNING_JS) == full
