@@ -207,3 +207,63 @@ def test_latency_placeholder_status_has_every_key_of_the_full_status():
     full = keys(lat.STATUS_JS)
     assert keys(lat.RUNNING_JS) <= full
     assert set(lat._NOT_READ) | keys(lat.RUNNING_JS) == full
+
+
+def test_residual_error_parts_match_a_direct_computation(tiny_cnn, mnist_like):
+    # the total and systematic error of each layer, computed from the Recorder's sums, equal the same figures
+    # computed directly from every neuron's spikes and the ANN's activations
+    import residual_error
+
+    from ftbc_core.calibration import fit_biases
+    from ftbc_core.measure import Recorder
+    from ftbc_core.models import activation_modules
+    from ftbc_core.snn import to_snn
+
+    steps = 3
+    net, _, _ = fit_biases(to_snn(tiny_cnn), tiny_cnn, mnist_like[:16], steps, alpha=0.5, batches=1, batch_size=16)
+    for neuron in net.neurons:  # thresholds other than 1, so that a misplaced θ shows
+        neuron.theta.mul_(1.7)
+    x = mnist_like[16:32]
+    spikes = {n: [] for n in net.layer_names}
+    acts = {}
+    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.double()))
+               for n, m in activation_modules(tiny_cnn)]
+    with torch.no_grad():
+        tiny_cnn(x)
+    for h in handles:
+        h.remove()
+
+    def keep(neuron, t, u, s):
+        spikes[neuron.name].append(s.double().clone())
+
+    with Recorder(net, tiny_cnn, steps) as rec:
+        for neuron in net.neurons:
+            neuron.step_hooks.append(keep)
+        rec.observe_ann(x)
+        with torch.no_grad():
+            net.simulate(x, steps)
+    for neuron in net.neurons:
+        neuron.step_hooks.remove(keep)
+    meas = rec.result()
+    for t in (1, steps):
+        rows = residual_error.error_parts(meas, net, t)
+        for row, name, neuron in zip(rows, net.layer_names, net.neurons):
+            theta = neuron.theta.double()
+            a = torch.minimum(acts[name].clamp_min(0), theta.view(1, -1, *[1] * (acts[name].dim() - 2)))
+            e = torch.stack(spikes[name][:t]).mean(0) - a  # running mean at step t minus the ANN activation
+            per_channel = e.transpose(0, 1).reshape(e.shape[1], -1)
+            assert row["total"] == pytest.approx(e.abs().mean().item(), rel=1e-5, abs=1e-9)
+            assert row["systematic"] == pytest.approx(per_channel.mean(1).abs().mean().item(), rel=1e-5, abs=1e-9)
+            assert row["systematic"] <= row["total"] + 1e-12
+
+
+def test_residual_error_smoke(tmp_path, capsys):
+    import residual_error
+
+    out = tmp_path / "re.json"
+    figures = residual_error.main(["--model", "cnn-mnist", "--timesteps", "3", "--images", "16",
+                                   "--calib-images", "64", "--batches", "1", "--out", str(out)])
+    assert set(figures["methods"]) == {"none", "ftbc"}
+    assert len(figures["methods"]["ftbc"]["layers"]) == 4
+    assert _written(out, "residual_error")["timesteps"] == 3
+    assert "mean over layers" in capsys.readouterr().out
