@@ -23,31 +23,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import fmt_table, set_threads, write_result  # noqa: E402
-from ftbc_core.assets import load_images, resolve_checkpoint  # noqa: E402
-from ftbc_core.calibration import get_method  # noqa: E402
-from ftbc_core.checkpoint import load_checkpoint  # noqa: E402
-from ftbc_core.data import get_info  # noqa: E402
-from ftbc_core.experiment import calibration_images, prepare_model, simulate_dataset  # noqa: E402
+from ftbc_core.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from ftbc_core.measure import Measurements  # noqa: E402
-from ftbc_core.snn import SpikingNetwork  # noqa: E402
+
+METHODS = ("none", "ftbc")
 
 
-def error_parts(meas: Measurements, net: SpikingNetwork, t: int) -> list[dict[str, float]]:
-    """Per layer at step ``t`` (1-based): total mean |e|, its systematic (per-channel mean) part, and their ratio.
-
-    The signed per-channel mean error is ``offset · θ / t`` (the offset is counted in spikes over t steps).
-    """
+def error_parts(meas: Measurements, t: int) -> list[dict[str, float]]:
+    """Per layer at step ``t`` (1-based): total mean |e|, its systematic (per-channel mean) part, and their ratio."""
+    signed = meas.signed_error()
     rows = []
-    for name, neuron in zip(meas.layer_names, net.neurons):
-        theta = neuron.theta.detach().cpu().double().numpy()  # [C] or [1]
+    for name in meas.layer_names:
         total = float(meas.abs_error[name][t - 1].mean())
-        signed = meas.offset_spikes[name][t - 1] * theta / t  # [C], activation units
-        systematic = float(np.abs(signed).mean())
+        systematic = float(np.abs(signed[name][t - 1]).mean())
         rows.append({"layer": name, "total": total, "systematic": systematic,
                      "share": systematic / total if total > 0 else 0.0})
     return rows
@@ -65,42 +57,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/residual_error-<model>.json)")
     args = p.parse_args(argv)
-    if args.timesteps < 1 or args.images < 1:
-        p.error("--timesteps and --images must be >= 1")
     set_threads(args.threads)
-    device = torch.device("cpu")
-    ann, card = load_checkpoint(resolve_checkpoint(args.model), device=device)
-    train, calib_desc = load_images(card.dataset, "train", args.data_dir)
-    test, test_desc = load_images(card.dataset, "test", args.data_dir)
-    test = test.subset(np.arange(min(args.images, len(test))))
-    calib = calibration_images(train, args.calib_images, 0, get_info(card.dataset).num_classes)
-    ann, card, snn = prepare_model(ann, card, device, calib)
-    t = args.timesteps
     opts = {"alpha": args.alpha, "batches": args.batches, "seed": 0}
-    figures: dict = {"model": card.name, "images": len(test), "test_data": test_desc, "calibration": calib_desc,
+    result = run_experiment(ExperimentConfig(
+        model=args.model, data_dir=args.data_dir, timesteps=args.timesteps, methods=METHODS, limit=args.images,
+        device="cpu", method_options=opts, calib_images=args.calib_images, record=True))
+    t = result.timesteps
+    figures: dict = {"model": result.model_name, "images": result.n_images, "test_data": result.data_description,
                      "timesteps": t, "ftbc_options": opts, "methods": {}}
-    for method in ("none", "ftbc"):
-        net, report = get_method(method).calibrate(snn, ann, calib, t, opts)
-        acc, meas = simulate_dataset(net, ann, test, t, record=True)
-        rows = error_parts(meas, net, t)
+    for method in METHODS:
+        rows = error_parts(result.measurements[method], t)
         figures["methods"][method] = {
-            "options": report.options, "accuracy": float(acc[t - 1]), "layers": rows,
-            "mean_total": float(np.mean([r["total"] for r in rows])),
+            "options": result.reports[method].options, "accuracy": float(result.accuracy[method][t - 1]),
+            "layers": rows, "mean_total": float(np.mean([r["total"] for r in rows])),
             "mean_systematic": float(np.mean([r["systematic"] for r in rows]))}
-    layers = []
-    for i, row in enumerate(figures["methods"]["none"]["layers"]):
-        fixed = figures["methods"]["ftbc"]["layers"][i]
-        layers.append({"layer": row["layer"], "none total": row["total"], "none systematic": row["systematic"],
-                       "none share": row["share"], "ftbc total": fixed["total"],
-                       "ftbc systematic": fixed["systematic"], "ftbc share": fixed["share"]})
-    print(f"{card.name}: {len(test)} images ({test_desc}), error at step T={t}; accuracy none "
-          f"{figures['methods']['none']['accuracy']:.2f}%, ftbc {figures['methods']['ftbc']['accuracy']:.2f}%")
+    layers = [{"layer": a["layer"], **{f"{m} {k}": r[k] for m, r in zip(METHODS, (a, b))
+                                       for k in ("total", "systematic", "share")}}
+              for a, b in zip(*(figures["methods"][m]["layers"] for m in METHODS))]
+    print(f"{result.model_name}: {result.n_images} images ({result.data_description}), error at step T={t}; "
+          + ", ".join(f"accuracy {m} {figures['methods'][m]['accuracy']:.2f}%" for m in METHODS))
     print(fmt_table(layers, list(layers[0])))
-    for method in ("none", "ftbc"):
+    for method in METHODS:
         m = figures["methods"][method]
         print(f"{method}: mean over layers, total {m['mean_total']:.4f}, systematic {m['mean_systematic']:.4f} "
               f"({m['mean_systematic'] / m['mean_total']:.1%})")
-    path = write_result(f"residual_error-{card.name}", figures, args.out)
+    path = write_result(f"residual_error-{result.model_name}", figures, args.out)
     print(f"wrote {path}")
     return figures
 

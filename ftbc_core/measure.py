@@ -37,6 +37,7 @@ class Measurements:
         histograms: ``{layer: [T, bins]}`` counts of ``u[t]/θ`` over :data:`HIST_EDGES`.
         spike_rate: ``{layer: [T]}`` fraction of neurons that fire at step t.
         ann_mean: ``{layer: [C]}`` mean ANN activation (clipped to [0, θ]).
+        theta: ``{layer: [C]}`` the IF thresholds θ (per channel, a per-layer θ repeated).
     """
 
     layer_names: tuple[str, ...]
@@ -48,6 +49,7 @@ class Measurements:
     histograms: dict[str, np.ndarray]
     spike_rate: dict[str, np.ndarray]
     ann_mean: dict[str, np.ndarray]
+    theta: dict[str, np.ndarray]
     hist_edges: np.ndarray = field(default_factory=lambda: HIST_EDGES.copy())
 
     def truncated(self, timesteps: int) -> "Measurements":
@@ -58,6 +60,12 @@ class Measurements:
         return replace(self, timesteps=timesteps, abs_error=cut(self.abs_error), rel_error=cut(self.rel_error),
                        offset_spikes=cut(self.offset_spikes), histograms=cut(self.histograms),
                        spike_rate=cut(self.spike_rate))
+
+    def signed_error(self) -> dict[str, np.ndarray]:
+        """``{layer: [T, C]}`` mean signed error of the running mean at step t, SNN − ANN in activation units:
+        ``offset · θ / t`` (the part of the error a bias per channel and step can cancel)."""
+        steps = np.arange(1, self.timesteps + 1, dtype=np.float64)[:, None]
+        return {n: self.offset_spikes[n] * self.theta[n][None, :] / steps for n in self.layer_names}
 
     def layer_error(self, kind: str = "abs") -> np.ndarray:
         """``[L, T]`` error averaged over channels; ``kind`` is ``abs``, ``rel`` or ``offset`` (|mean offset|)."""
@@ -193,7 +201,7 @@ class Recorder:
         missing = [n for n in self.names if n not in self._sums]
         if missing:
             raise RuntimeError(f"Recorder saw no simulation of layers {missing[:3]}")
-        out = {k: {} for k in ("abs", "rel", "off", "hist", "rate", "ann")}
+        out = {k: {} for k in ("abs", "rel", "off", "hist", "rate", "ann", "theta")}
         for name in self.names:
             s = {k: v.cpu().numpy() for k, v in self._sums[name].items()}
             n_pos, n_neur = float(s["n_pos"][0]), float(s["n_neur"][0])
@@ -206,5 +214,6 @@ class Recorder:
             out["hist"][name] = s["hist"].astype(np.float64)
             out["rate"][name] = (s["spikes"] / s["theta"][None, :]).sum(1) / n_neur
             out["ann"][name] = ann_mean
+            out["theta"][name] = s["theta"]
         return Measurements(tuple(self.names), self.timesteps, self._n_images, out["abs"], out["rel"], out["off"],
-                            out["hist"], out["rate"], out["ann"])
+                            out["hist"], out["rate"], out["ann"], out["theta"])

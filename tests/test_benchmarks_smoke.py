@@ -246,7 +246,7 @@ def test_residual_error_parts_match_a_direct_computation(tiny_cnn, mnist_like):
         neuron.step_hooks.remove(keep)
     meas = rec.result()
     for t in (1, steps):
-        rows = residual_error.error_parts(meas, net, t)
+        rows = residual_error.error_parts(meas, t)
         for row, name, neuron in zip(rows, net.layer_names, net.neurons):
             theta = neuron.theta.double()
             a = torch.minimum(acts[name].clamp_min(0), theta.view(1, -1, *[1] * (acts[name].dim() - 2)))
