@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_data_args, add_model_args, fmt_table, load_ann, load_calib, load_eval,  # noqa: E402
                     model_specs, set_threads, time_interleaved, write_result)
 
-from ftbc_core.models import Normalize, activation_modules  # noqa: E402
+from ftbc_core.convert import activation_sites  # noqa: E402
+from ftbc_core.models import Normalize  # noqa: E402
 from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, running_mean, to_snn  # noqa: E402
 
 NAME = "snn_vs_spikingjelly"
@@ -73,7 +74,7 @@ def spikingjelly_thresholds(sj_net: nn.Module, ann: nn.Module) -> dict[str, torc
 
     sj_layers = [n.target.rpartition(".")[0] for n in sj_net.graph.nodes
                  if n.op == "call_module" and isinstance(sj_net.get_submodule(n.target), sj_neuron.IFNode)]
-    ours = [name for name, _ in activation_modules(ann)]
+    ours = [site.name for site in activation_sites(ann)[1]]
     if len(sj_layers) != len(ours):
         raise RuntimeError(f"SpikingJelly made {len(sj_layers)} IF layers, our model has {len(ours)} activations")
     thresholds = {}
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     calib, calib_desc = load_calib(dataset, args.data_dir, args.calib_images, args.seed)
     x, y, eval_desc = load_eval(dataset, args.data_dir, args.images)
     ann = load_ann(spec, calib)
-    if any(not isinstance(m, nn.ReLU) for _, m in activation_modules(ann)):
+    if any(not isinstance(site.module, nn.ReLU) for site in activation_sites(ann)[1]):
         raise SystemExit("SpikingJelly's RateCodingRecipe converts ReLU networks: use a ReLU model "
                          "(e.g. --model resnet20-cifar10-relu, or --random-arch resnet20 --activation relu)")
     t_max = max(args.timesteps)

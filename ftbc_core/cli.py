@@ -1,4 +1,4 @@
-"""The ``ftbc`` command line: ``train``, ``evaluate``, ``calibrate``, ``models``."""
+"""The ``ftbc`` command line: ``train``, ``evaluate``, ``calibrate``, ``models``, ``import``."""
 
 from __future__ import annotations
 
@@ -83,11 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: MODEL.METHOD-T<T>.safetensors)")
 
     sub.add_parser("models", help="list the shipped models and their cards")
+
+    p = sub.add_parser("import", help="import a .pth state_dict written by the public QCFS, COS or FTBC code")
+    p.add_argument("src", help="the .pth/.pt file (read with torch.load(weights_only=True): pickled code is refused)")
+    p.add_argument("--from", dest="source", default="qcfs", help="the code that wrote it: qcfs (default), cos, ftbc")
+    p.add_argument("--arch", required=True, help="its network: vgg16, resnet18, resnet20, resnet34")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100 or imagenet")
+    p.add_argument("--levels", type=int, help="QCFS levels L it was trained with (required unless the file says)")
+    p.add_argument("--mean", help="input normalisation mean m1,m2,m3 (default: the public code's for the dataset)")
+    p.add_argument("--std", help="input normalisation std s1,s2,s3 (default: the public code's for the dataset)")
+    p.add_argument("--half", action="store_true", help="store float16 weights (ImageNet VGG-16 needs it)")
+    p.add_argument("--out", required=True, help="output path without suffix, e.g. pretrained/qcfs-vgg16-cifar10")
     return parser
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a shipped model name (see `ftbc models`) or a checkpoint path")
+    p.add_argument("--model", help="a shipped model name (see `ftbc models`) or a checkpoint path")
+    p.add_argument("--model-code", help="your own architecture instead of --model: package.module:factory (your "
+                   "code runs; the weights come from --weights)")
+    p.add_argument("--weights", help="with --model-code: the model's state_dict as .safetensors")
+    p.add_argument("--dataset", help="with --model-code: the dataset it classifies (cifar10, cifar100, mnist, "
+                   "fashion-mnist, imagenet)")
+    p.add_argument("--mean", help="with --model-code: normalisation m1,m2,m3 put in front of the model (it then "
+                   "takes [0, 1] images)")
+    p.add_argument("--std", help="with --model-code: normalisation s1,s2,s3 (with --mean)")
     p.add_argument("--data-dir", help="dataset folder; without it, the bundled sample is used")
     p.add_argument("--alpha", type=float, default=None, help="FTBC step size α (default: the method's)")
     p.add_argument("--calib-batches", type=int, default=None, help="calibration batches (default: the method's)")
@@ -118,14 +137,33 @@ def _method_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def _user_model(args: argparse.Namespace):
+    """``(model, card)`` for --model-code, ``(None, None)`` for --model; exactly one of them is required."""
+    if (args.model is None) == (args.model_code is None):
+        raise CliError("give either --model (a shipped name or a checkpoint) or --model-code package.module:factory")
+    if args.model_code is None:
+        extra = [f"--{k.replace('_', '-')}" for k in ("weights", "dataset", "mean", "std") if getattr(args, k)]
+        if extra:
+            raise CliError(f"{', '.join(extra)} only go with --model-code (a checkpoint carries its own card)")
+        return None, None
+    if args.dataset is None:
+        raise CliError("--model-code needs --dataset (the dataset the model classifies)")
+    from .user_model import load_user_model
+
+    return load_user_model(args.model_code, args.weights, args.dataset, mean=_float_triple(args.mean, "mean"),
+                           std=_float_triple(args.std, "std"))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .experiment import ExperimentConfig, run_experiment
 
+    model, card = _user_model(args)
     cfg = ExperimentConfig(
-        model=args.model, data_dir=args.data_dir, timesteps=max(args.timesteps), methods=tuple(args.methods),
+        model=args.model or args.model_code, data_dir=args.data_dir, timesteps=max(args.timesteps), methods=tuple(args.methods),
         limit=args.limit, batch_size=args.batch_size, device=args.device, method_options=_method_options(args),
     )
-    result = run_experiment(cfg, progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr))
+    result = run_experiment(cfg, progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr), model=model,
+                            card=card)
     table = result.accuracy_table(args.timesteps)
     print(f"model {result.model_name} on {result.data_description}")
     print(f"ANN accuracy: {result.ann_accuracy:.2f}%")
@@ -148,8 +186,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .experiment import calibrate_and_save
 
-    path = calibrate_and_save(args.model, data_dir=args.data_dir, timesteps=args.timesteps, method=args.method,
-                              options=_method_options(args), device=args.device, out=args.out,
+    model, card = _user_model(args)
+    if model is not None and args.out is None:
+        raise CliError("--model-code needs --out for the biases file")
+    path = calibrate_and_save(model if model is not None else args.model, card=card, data_dir=args.data_dir,
+                              timesteps=args.timesteps, method=args.method, options=_method_options(args),
+                              device=args.device, out=args.out,
                               progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}")
 
@@ -164,6 +206,32 @@ def _cmd_models(_args: argparse.Namespace) -> None:
         acc = f"{card.ann_test_accuracy:.2f}%" if card.ann_test_accuracy is not None else "?"
         act = f"QCFS L={card.levels}" if card.activation == "qcfs" else card.activation
         print(f"{name:28s} {card.arch:9s} {act:11s} {card.dataset:14s} ANN test {acc}  ({card.epochs} epochs)")
+
+
+def _float_triple(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--{name} takes comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from .importer import import_checkpoint
+
+    path = import_checkpoint(args.src, source=args.source, arch=args.arch, dataset=args.dataset, levels=args.levels,
+                             mean=_float_triple(args.mean, "mean"), std=_float_triple(args.std, "std"),
+                             out=args.out, half=args.half, command="ftbc " + shlex.join(args.argv))
+    from .checkpoint import read_card
+
+    card = read_card(path)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    print(f"{card.name}: {card.arch} QCFS L={card.levels}, {card.dataset} ({card.num_classes} classes, "
+          f"{card.in_channels}x{card.image_size}x{card.image_size} images), mean {[round(m, 4) for m in card.mean]}, "
+          f"std {[round(s, 4) for s in card.std]}")
+    print(f"from {card.extra['source_file']} (sha256 {card.extra['source_sha256'][:16]}...), "
+          f"{card.extra['source_code']}")
 
 
 def _stderr_progress():
@@ -190,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "calibrate": _cmd_calibrate, "models": _cmd_models}
+    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "calibrate": _cmd_calibrate, "models": _cmd_models,
+                "import": _cmd_import}
     try:
         handlers[args.command](args)
     except (CheckpointError, DataError, CliError, ValueError, OSError) as err:  # OSError: e.g. an unwritable --out

@@ -1,11 +1,14 @@
-"""Offline loading of image-classification datasets: CIFAR-10, MNIST and Fashion-MNIST.
+"""Offline loading of image-classification datasets: CIFAR-10/100, MNIST, Fashion-MNIST and ImageNet.
 
 Nothing is ever downloaded. Inside a user-supplied ``data_dir`` the loader looks for, in order:
 
 1. npz files ``<data_dir>/<name>/<split>.npz`` (or ``<data_dir>/<split>.npz``) holding ``x`` (uint8 NHWC or NHW)
    and ``y``, always read with ``allow_pickle=False``;
-2. torchvision's layout: CIFAR-10 python batches (read with a restricted unpickler that can only rebuild numpy
-   arrays, so a hostile file cannot run code) or raw MNIST-style idx files, optionally gzipped.
+2. torchvision's layout: CIFAR-10 batches / CIFAR-100 files (read with a restricted unpickler that can only
+   rebuild numpy arrays, so a hostile file cannot run code) or raw MNIST-style idx files, optionally gzipped;
+3. for ImageNet, an ImageFolder tree ``<data_dir>[/imagenet]/{train,val}/<class>/<image>``, read lazily
+   (see :mod:`ftbc_core.imagefolder`): ``x`` is then a :class:`~ftbc_core.imagefolder.LazyImages` that decodes
+   only the images it is indexed with.
 
 Images stay uint8 ``[N, H, W, C]`` until :func:`to_tensor` turns a batch into float ``[B, C, H, W]`` in [0, 1];
 models normalise themselves, so no mean/std is applied here.
@@ -22,10 +25,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .imagefolder import LazyImages
 
 __all__ = ["DataError", "DatasetInfo", "DATASETS", "get_info", "ImageArrays", "validate_arrays", "load_split",
            "to_tensor", "balanced_indices", "iterate_batches"]
@@ -59,6 +65,23 @@ DATASETS: dict[str, DatasetInfo] = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         (0.2860,), (0.3530,),
     ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, (32, 32, 3),
+        ("apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
+         "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
+         "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+         "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
+         "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+         "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+         "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+         "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+         "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television",
+         "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+         "woman", "worm"),
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    ),
+    # ImageNet-1k from an ImageFolder tree; class names are the folder names (WordNet ids), kept on x.classes.
+    "imagenet": DatasetInfo("imagenet", 1000, (224, 224, 3), (), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 # Lower-case folder names a dataset may live under (first = canonical); also accepted as names by get_info.
@@ -66,8 +89,13 @@ _FOLDERS = {
     "cifar10": ("cifar10", "cifar-10"),
     "mnist": ("mnist",),
     "fashion-mnist": ("fashion-mnist", "fashion_mnist", "fashionmnist"),
+    "cifar100": ("cifar100", "cifar-100"),
+    "imagenet": ("imagenet", "imagenet-1k", "ilsvrc2012"),
 }
-_TORCHVISION_DIRS = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
+_TORCHVISION_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "MNIST/raw",
+                     "fashion-mnist": "FashionMNIST/raw"}
+_IMAGE_FOLDER_DATASETS = frozenset({"imagenet"})
+_IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("val", "test")}
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _MAX_IDX_BYTES = 1 << 31  # refuse absurd idx headers instead of trying to allocate them
 _PICKLE_ALLOWED = frozenset({
@@ -91,11 +119,20 @@ def get_info(name: str) -> DatasetInfo:
     raise DataError(f"unknown dataset {name!r}: known datasets are {', '.join(DATASETS)}")
 
 
+def _is_lazy(x: Any) -> bool:
+    """True for :class:`~ftbc_core.imagefolder.LazyImages` (imported here, since that module imports this one)."""
+    if isinstance(x, np.ndarray):
+        return False
+    from .imagefolder import LazyImages  # local: imagefolder imports this module
+
+    return isinstance(x, LazyImages)
+
+
 @dataclass(frozen=True, eq=False)
 class ImageArrays:
-    """A split in memory: ``x`` uint8 [N, H, W, C], ``y`` int64 [N]."""
+    """A split: ``x`` uint8 [N, H, W, C] (a numpy array, or LazyImages decoding on indexing), ``y`` int64 [N]."""
 
-    x: np.ndarray
+    x: np.ndarray | LazyImages
     y: np.ndarray
 
     def __len__(self) -> int:
@@ -109,17 +146,21 @@ class ImageArrays:
                 raise DataError(f"subset index must be 1-D, got shape {list(idx.shape)}")
             if idx.size == 0:
                 idx = idx.astype(np.int64)
-        return ImageArrays(self.x[idx], self.y[idx])
+        x = self.x.subset(idx) if _is_lazy(self.x) else self.x[idx]  # lazy images stay lazy: nothing decoded
+        return ImageArrays(x, self.y[idx])
 
 
 def validate_arrays(x: Any, y: Any, info: DatasetInfo) -> ImageArrays:
     """Check ``x`` uint8 [N, H, W, C] (or [N, H, W] when C == 1) and integer labels ``y`` [N] against ``info``.
 
+    ``x`` may be LazyImages: then only its shape metadata is checked, no image is decoded.
+
     Returns:
         ImageArrays with a C axis always present and ``y`` as int64.
     """
     h, w, c = info.image_shape
-    if not isinstance(x, np.ndarray):
+    lazy = _is_lazy(x)
+    if not (lazy or isinstance(x, np.ndarray)):
         raise DataError(f"{info.name}: x must be a numpy array, got {type(x).__name__}")
     if x.dtype != np.uint8:
         raise DataError(f"{info.name}: x must have dtype uint8 (pixels 0..255), got dtype {x.dtype}")
@@ -139,7 +180,7 @@ def validate_arrays(x: Any, y: Any, info: DatasetInfo) -> ImageArrays:
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= info.num_classes:
         raise DataError(f"{info.name}: labels must be in [0, {info.num_classes}), found values in [{lo}, {hi}]")
-    return ImageArrays(np.ascontiguousarray(x), y.astype(np.int64))
+    return ImageArrays(x if lazy else np.ascontiguousarray(x), y.astype(np.int64))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -162,24 +203,30 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise DataError(f"cannot resolve {module}.{name} needed by {self.source}")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch -> (x uint8 [n, 32, 32, 3], y [n])."""
+def _read_cifar_batch(
+    path: Path, labels_key: str = "labels", kind: str = "CIFAR-10 batch"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python pickle (a CIFAR-10 batch, or with ``labels_key="fine_labels"`` a CIFAR-100 file).
+
+    Returns:
+        (x uint8 [n, 32, 32, 3], y [n]).
+    """
     try:
         with open(path, "rb") as f:
             obj = _NumpyOnlyUnpickler(f, path).load()
     except DataError:
         raise
     except Exception as e:  # a corrupt pickle can fail in many ways (UnpicklingError, EOFError, TypeError, ...)
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {_line(e)}") from None
+        raise DataError(f"cannot read {kind} {path}: {_line(e)}") from None
     if not isinstance(obj, dict):
-        raise DataError(f"CIFAR-10 batch {path} must hold a dict with b'data' and b'labels', got {type(obj).__name__}")
+        raise DataError(f"{kind} {path} must hold a dict with b'data' and b'{labels_key}', got {type(obj).__name__}")
     data = obj.get(b"data", obj.get("data"))
-    labels = obj.get(b"labels", obj.get("labels"))
+    labels = obj.get(labels_key.encode(), obj.get(labels_key))
     if data is None or labels is None:
-        raise DataError(f"CIFAR-10 batch {path} lacks b'data' or b'labels' (keys: {sorted(map(repr, obj))})")
+        raise DataError(f"{kind} {path} lacks b'data' or b'{labels_key}' (keys: {sorted(map(repr, obj))})")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"CIFAR-10 batch {path}: b'data' must be uint8 [n, 3072], got {got}")
+        raise DataError(f"{kind} {path}: b'data' must be uint8 [n, 3072], got {got}")
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(x), np.asarray(labels)
 
@@ -195,6 +242,12 @@ def _load_cifar_dir(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray] |
         raise DataError(f"incomplete CIFAR-10 folder {folder}: missing {', '.join(missing)}")
     xs, ys = zip(*(_read_cifar_batch(p) for p in present))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _load_cifar100_dir(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """torchvision's ``cifar-100-python/{train,test}`` file in ``folder`` (fine labels); None if it is not there."""
+    path = folder / split
+    return _read_cifar_batch(path, "fine_labels", "CIFAR-100 file") if path.is_file() else None
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -269,11 +322,14 @@ def load_split(name: str, split: str, data_dir: str | Path) -> ImageArrays:
     """Load the ``"train"`` or ``"test"`` split of ``name`` from ``data_dir`` (no downloads).
 
     Tries ``<data_dir>/<name>/<split>.npz`` (any alias folder), then ``<data_dir>/<split>.npz``, then the
-    torchvision layout (CIFAR-10 batches or idx files). ``data_dir`` itself counts as the dataset folder
-    unless it is named after another dataset (so an ``mnist/`` folder is never read as Fashion-MNIST).
+    torchvision layout (CIFAR-10 batches, ``cifar-100-python/<split>`` or idx files), or for ImageNet the
+    ImageFolder tree ``<data_dir>[/imagenet]/{train | val or test}/<class>/<image>``. ``data_dir`` itself counts
+    as the dataset folder unless it is named after another dataset (so an ``mnist/`` folder is never read as
+    Fashion-MNIST).
 
     Returns:
-        ImageArrays: x uint8 [N, H, W, C], y int64 [N], validated against ``get_info(name)``.
+        ImageArrays: x uint8 [N, H, W, C], y int64 [N], validated against ``get_info(name)``; for an ImageFolder
+        tree x is LazyImages (images decoded when indexed).
     """
     info = get_info(name)
     if split not in _IDX_PREFIX:
@@ -291,10 +347,14 @@ def load_split(name: str, split: str, data_dir: str | Path) -> ImageArrays:
         if path.is_file():
             return _validated(_load_npz(path), path, info)
 
+    if info.name in _IMAGE_FOLDER_DATASETS:
+        return _load_image_folder_split(root, info, split, root_is_dataset)
     tv_dir = root / _TORCHVISION_DIRS[info.name]
     if info.name == "cifar10":
         folders, loader = [tv_dir], _load_cifar_dir
         files = "data_batch_1..5" if split == "train" else "test_batch"
+    elif info.name == "cifar100":
+        folders, loader, files = [tv_dir], _load_cifar100_dir, split
     else:
         folders, loader = [tv_dir] + [root / f for f in _FOLDERS[info.name]], _load_idx_dir
         files = f"{_IDX_PREFIX[split]}-{{images-idx3,labels-idx1}}-ubyte[.gz]"
@@ -307,6 +367,24 @@ def load_split(name: str, split: str, data_dir: str | Path) -> ImageArrays:
     npz_hint = root / _FOLDERS[info.name][0] / f"{split}.npz"
     note = "" if root_is_dataset else f" (files directly in {root} are skipped: it is named after another dataset)"
     raise DataError(f"no {info.name} {split} data found in {root}: expected {npz_hint} or {tv_dir}/{files}{note}")
+
+
+def _load_image_folder_split(root: Path, info: DatasetInfo, split: str, root_is_dataset: bool) -> ImageArrays:
+    """The first of ``<root>/<alias>/<split folder>`` and ``<root>/<split folder>`` that exists, read lazily."""
+    from .imagefolder import load_image_folder  # local: imagefolder imports this module
+
+    names = _IMAGE_FOLDER_SPLITS[split]
+    parents = [root / folder for folder in _FOLDERS[info.name]] + ([root] if root_is_dataset else [])
+    for parent in parents:
+        for name in names:
+            if (parent / name).is_dir():
+                return load_image_folder(parent / name, info)
+    npz_hint = root / _FOLDERS[info.name][0] / f"{split}.npz"
+    tree = f"{root / _FOLDERS[info.name][0] / names[0]}/<class>/<image>"
+    also = f" (or {names[1]}/ instead of {names[0]}/)" if len(names) > 1 else ""
+    note = "" if root_is_dataset else f" (folders directly in {root} are skipped: it is named after another dataset)"
+    raise DataError(f"no {info.name} {split} data found in {root}: expected {npz_hint} or an image-folder tree "
+                    f"{tree}{also}, one sub-folder per class{note}")
 
 
 def _validated(arrays: tuple[np.ndarray, np.ndarray], source: Path, info: DatasetInfo) -> ImageArrays:

@@ -28,6 +28,7 @@ from .measure import Measurements, Recorder
 from .models import check_input_shape
 from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, running_mean, to_snn
 from .train import resolve_device
+from .user_model import CUSTOM_ARCH
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibration_images", "simulate_dataset",
            "calibrate_and_save", "load_biases", "prepare_model", "check_memory", "check_model_fits_data"]
@@ -115,7 +116,8 @@ def check_model_fits_data(card: ModelCard) -> None:
     if card.in_channels != c:
         raise ValueError(f"model {card.name!r} takes {card.in_channels}-channel images, but {info.name} images have "
                          f"{c} channel(s)")
-    check_input_shape(card.arch, info.image_shape)
+    if card.arch != CUSTOM_ARCH:  # a user's model was checked on a dry forward when it was built
+        check_input_shape(card.arch, info.image_shape)
     if card.num_classes != info.num_classes:
         raise ValueError(f"model {card.name!r} has {card.num_classes} classes, but {info.name} has "
                          f"{info.num_classes}")
@@ -144,7 +146,8 @@ def _calibration_batch(method, options: dict[str, Any], calib_images: int) -> in
 def prepare_model(
     model: str | nn.Module, card: ModelCard | None, device: torch.device, calib: torch.Tensor
 ) -> tuple[nn.Module, ModelCard, SpikingNetwork]:
-    """Load the ANN (unless given) and convert it; ReLU thresholds come from ``calib`` images."""
+    """Load the ANN (unless given) and convert it; thresholds that the activations do not fix (plain ReLU)
+    come from statistics on the ``calib`` images."""
     if isinstance(model, nn.Module):
         if card is None:
             raise ValueError("a model object needs its card")
@@ -153,7 +156,7 @@ def prepare_model(
         ann, card = load_checkpoint(resolve_checkpoint(model), device=device)
     check_model_fits_data(card)
     ann = ann.to(device).eval()
-    snn = to_snn(ann, images=calib.to(device) if card.activation != "qcfs" else None)
+    snn = to_snn(ann, images=calib.to(device))
     return ann, card, snn
 
 
@@ -308,8 +311,9 @@ def load_biases(net: SpikingNetwork, source: str | Path | bytes) -> dict[str, st
 
 
 def calibrate_and_save(
-    model: str,
+    model: str | nn.Module,
     *,
+    card: ModelCard | None = None,
     data_dir: str | None,
     timesteps: int,
     method: str = "ftbc",
@@ -329,8 +333,13 @@ def calibrate_and_save(
     if calib_images < 1:
         raise ValueError(f"calib_images must be >= 1, got {calib_images}")
     dev = resolve_device(device)
-    path = resolve_checkpoint(model)
-    ann, card = load_checkpoint(path, device=dev)
+    if isinstance(model, nn.Module):
+        if card is None or out is None:
+            raise ValueError("calibrating a model object needs its card and an output file")
+        path, ann = Path(out), model.to(dev).eval()
+    else:
+        path = resolve_checkpoint(model)
+        ann, card = load_checkpoint(path, device=dev)
     check_model_fits_data(card)
     check_memory(ann, card, [(timesteps, _calibration_batch(chosen, options or {}, calib_images))])
     train_data, desc = load_images(card.dataset, "train", data_dir)

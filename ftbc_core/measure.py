@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import activation_modules
+from .convert import activation_sites
 from .neuron import IFNeuron, channel_view
 from .snn import SpikingNetwork
 
@@ -110,7 +110,7 @@ class Recorder:
     def __init__(self, snn: SpikingNetwork, ann: nn.Module, timesteps: int) -> None:
         self.snn, self.ann, self.timesteps = snn, ann, int(timesteps)
         self.latency = int(getattr(snn, "latency", 0))
-        names = [n for n, _ in activation_modules(ann)]
+        names = [site.name for site in activation_sites(ann)[1]]
         if names != snn.layer_names:
             raise ValueError("the ANN and the SNN do not pair up layer by layer")
         self.names = names
@@ -136,7 +136,7 @@ class Recorder:
     def observe_ann(self, x: torch.Tensor) -> None:
         """Run the ANN on ``x`` and keep its activations (clipped to [0, θ]) for the next simulation."""
         thetas = {n: neuron.theta for n, neuron in zip(self.names, self.snn.neurons)}
-        acts = dict(activation_modules(self.ann))
+        probe, _ = activation_sites(self.ann)
 
         def hook_for(name: str):
             def hook(_m, _i, out):
@@ -145,10 +145,10 @@ class Recorder:
 
             return hook
 
-        handles = [acts[n].register_forward_hook(hook_for(n)) for n in self.names]
+        handles = [probe.get_submodule(n).register_forward_hook(hook_for(n)) for n in self.names]
         try:
             self.ann.eval()
-            self.ann(x)
+            probe(x)
         finally:
             for h in handles:
                 h.remove()

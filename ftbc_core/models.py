@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from .neuron import QCFS
+from .public_models import MyFloor, QCFSResNet18, QCFSResNet20, QCFSResNet34, QCFSVGG16
 
-__all__ = ["ARCHITECTURES", "ACTIVATIONS", "Normalize", "build_model", "activation_modules"]
+__all__ = ["ARCHITECTURES", "ACTIVATIONS", "Normalize", "build_model"]
 
 ActFactory = Callable[[], nn.Module]
 
@@ -117,21 +118,37 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(self.normalize(x)), 1))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "vgg16": VGG16, "cnn": SmallCNN}
+# The networks of the public QCFS code (also used by the COS and FTBC code), for imported checkpoints; the
+# number of classes picks VGG-16's classifier as there (1000: the 224x224 ImageNet one, else the 32x32 one).
+PUBLIC_ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "qcfs-vgg16": QCFSVGG16, "qcfs-resnet18": QCFSResNet18, "qcfs-resnet20": QCFSResNet20,
+    "qcfs-resnet34": QCFSResNet34,
+}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "vgg16": VGG16, "cnn": SmallCNN,
+                                             **PUBLIC_ARCHITECTURES}
 ACTIVATIONS = ("qcfs", "relu")
-INPUT_SHAPES = {"resnet20": (3, 32, 32), "vgg16": (3, 32, 32), "cnn": (1, 28, 28)}
+INPUT_SHAPES = {"resnet20": (3, 32, 32), "vgg16": (3, 32, 32), "cnn": (1, 28, 28),
+                **{name: (3, 32, 32) for name in PUBLIC_ARCHITECTURES}}
+_GLOBAL_POOLING = ("resnet20", "qcfs-resnet18", "qcfs-resnet20", "qcfs-resnet34")
 
 
-def check_input_shape(arch: str, image_shape: tuple[int, int, int]) -> None:
+def check_input_shape(arch: str, image_shape: tuple[int, int, int], num_classes: int | None = None) -> None:
     """Raise ValueError if ``arch`` cannot take images of ``image_shape`` (H, W, C).
 
-    ResNet-20 pools globally and takes any size; VGG-16 and the small CNN have fixed-size classifiers.
+    The ResNets pool globally and take any size; VGG-16 and the small CNN have fixed-size classifiers
+    (``qcfs-vgg16``: 224x224 for 1000 classes, 32x32 otherwise; either when ``num_classes`` is not given).
     """
     c, h, w = INPUT_SHAPES[arch]
     hh, ww, cc = image_shape
-    if arch == "resnet20":
+    if arch in _GLOBAL_POOLING:
         if hh < 8 or ww < 8:
-            raise ValueError(f"resnet20 needs images of at least 8x8 pixels, got {hh}x{ww}")
+            raise ValueError(f"{arch} needs images of at least 8x8 pixels, got {hh}x{ww}")
+        return
+    if arch == "qcfs-vgg16":
+        sizes = {None: (32, 224), 1000: (224,)}.get(num_classes, (32,))
+        if hh != ww or hh not in sizes:
+            raise ValueError(f"{arch} takes {' or '.join(f'{s}x{s}' for s in sizes)} images; "
+                             f"the data has {hh}x{ww}x{cc}")
         return
     if (hh, ww, cc) != (h, w, c):
         raise ValueError(f"{arch} takes {h}x{w} images with {c} channel(s); the data has {hh}x{ww}x{cc}")
@@ -150,7 +167,8 @@ def build_model(
     """Build an ANN by name.
 
     Args:
-        arch: ``resnet20``, ``vgg16`` or ``cnn``.
+        arch: ``resnet20``, ``vgg16``, ``cnn``, or a public QCFS-code network: ``qcfs-vgg16``,
+            ``qcfs-resnet18``, ``qcfs-resnet20``, ``qcfs-resnet34`` (whose QCFS layers are ``MyFloor`` modules).
         activation: ``qcfs`` (trainable threshold, ``levels`` quantization levels) or ``relu``.
         in_channels: image channels (default: 3 for the CIFAR models, 1 for ``cnn``).
         mean, std: per-channel normalisation of [0, 1] pixels (default: none).
@@ -169,15 +187,8 @@ def build_model(
         raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
 
     def act() -> nn.Module:
+        if arch in PUBLIC_ARCHITECTURES:  # the public code's QCFS module and state_dict keys (``up``)
+            return MyFloor(init_threshold, levels) if activation == "qcfs" else nn.ReLU()
         return QCFS(levels, init_threshold) if activation == "qcfs" else nn.ReLU()
 
     return ARCHITECTURES[arch](act, num_classes, in_channels, mean, std)
-
-
-def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's QCFS/ReLU modules in registration order (which is forward order for these models)."""
-    found = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (QCFS, nn.ReLU))]
-    ids = [id(m) for _, m in found]
-    if len(set(ids)) != len(ids):
-        raise ValueError("an activation module is used at more than one place; conversion needs one per use")
-    return found

@@ -15,10 +15,9 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .models import activation_modules
-from .neuron import QCFS, IFNeuron
+from .convert import Mapping, Site, activation_sites, fold_batchnorm_graph, spiking_graph, trace_model
+from .neuron import IFNeuron
 
 __all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "fold_batchnorm", "MAX_TIMESTEPS",
            "DEFAULT_MAX_BATCH_STEPS"]
@@ -114,26 +113,14 @@ def running_mean(per_step: torch.Tensor) -> torch.Tensor:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every Conv2d that a BatchNorm2d directly follows in an
-    ``nn.Sequential`` folded into that conv (weight and bias rescaled by the BN's running statistics), the BN
-    replaced by ``nn.Identity`` so every other module keeps its name. ``model`` itself is not modified.
+    """A traced copy of ``model`` in eval mode with every BatchNorm2d that directly follows a Conv2d (the conv's
+    only use) folded into that conv (weight and bias rescaled by the BN's running statistics); every other
+    module keeps its name. ``model`` itself is not modified.
 
     In eval mode BN is an affine map per channel, ``y = (x - μ) / sqrt(σ² + ε) · γ + β``, so the folded conv
-    computes the same function up to float rounding, one layer call fewer per Conv-BN pair.
+    computes the same function up to float rounding, one layer call fewer per pair.
     """
-    return _fold_batchnorm_(copy.deepcopy(model).eval())
-
-
-def _fold_batchnorm_(model: nn.Module) -> nn.Module:
-    """:func:`fold_batchnorm` in place, on a model already in eval mode."""
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = seq._modules[first], seq._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
-                seq._modules[second] = nn.Identity()
-    return model
+    return fold_batchnorm_graph(trace_model(copy.deepcopy(model).eval(), {}))
 
 
 @torch.no_grad()
@@ -147,6 +134,7 @@ def activation_thresholds(
     batch_size: int = 256,
     max_samples: int = 1_000_000,
     seed: int = 0,
+    mapping: Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
     """Thresholds for a ReLU network from its activations on (training) images.
 
@@ -157,14 +145,14 @@ def activation_thresholds(
         max_samples: values kept per layer (a seeded random subsample) to compute a percentile.
 
     Returns:
-        ``{activation module name: thresholds [C] or [1]}``.
+        ``{activation call site name: thresholds [C] or [1]}`` (see :mod:`ftbc_core.convert` for the names).
     """
     if mode not in ("max", "percentile"):
         raise ValueError(f"threshold mode must be 'max' or 'percentile', got {mode!r}")
     if images.shape[0] == 0:
         raise ValueError("threshold statistics need at least one image")
-    acts = activation_modules(ann)
-    store: dict[str, list[torch.Tensor]] = {n: [] for n, _ in acts}
+    probe, sites = activation_sites(ann, mapping)
+    store: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
     gen = torch.Generator().manual_seed(seed)
     per_batch = max(1, max_samples * batch_size // max(images.shape[0], 1))
 
@@ -182,10 +170,10 @@ def activation_thresholds(
 
     was_training = ann.training
     ann.eval()
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in acts]
+    handles = [probe.get_submodule(site.name).register_forward_hook(hook_for(site.name)) for site in sites]
     try:
         for i in range(0, images.shape[0], batch_size):
-            ann(images[i : i + batch_size])
+            probe(images[i : i + batch_size])
     finally:
         for h in handles:
             h.remove()
@@ -213,13 +201,20 @@ def to_snn(
     max_batch_steps: int = DEFAULT_MAX_BATCH_STEPS,
     channels_last: bool = True,
     fold_bn: bool = True,
+    mapping: Mapping | None = None,
 ) -> SpikingNetwork:
     """Convert an ANN into a :class:`SpikingNetwork`; the ANN itself is not modified.
 
+    Every activation *call* becomes its own IF layer (:mod:`ftbc_core.convert`: a module used twice gives two
+    layers, ``F.relu`` gives one); whatever cannot be simulated faithfully raises
+    :class:`~ftbc_core.convert.ConversionError` before any work.
+
     Args:
-        ann: a model whose activations are :class:`QCFS` or ``nn.ReLU`` modules (one instance per use).
-        thresholds: ``auto`` (θ = λ for QCFS layers, ``percentile`` statistics for ReLU layers), ``lambda``,
-            ``max``, ``percentile``, or an explicit ``{activation name: θ [C] or [1]}``.
+        ann: a model whose activations the mapping knows (QCFS, ReLU, ReLU6, Hardtanh(0, a), the public QCFS
+            code's MyFloor/TCL, functional relu/clamp calls).
+        thresholds: ``auto`` (θ from the activation where it has one: QCFS λ, a clip value; ``percentile``
+            statistics for plain ReLU), ``lambda`` (every θ from the activation), ``max``, ``percentile``, or
+            an explicit ``{call site name: θ [C] or [1]}``.
         images: training images ``[N, C, H, W]`` in [0, 1]; needed for ``max``/``percentile``.
         per_channel: per-channel thresholds from statistics (QCFS λ is per layer).
         v0: initial potential, ``half`` (θ/2, default), ``zero``, or a fraction of θ.
@@ -228,51 +223,55 @@ def to_snn(
             tensors (oneDNN's native layout on the CPU: no reorder per call; several times faster for the
             16-channel convolutions of ResNet-20). Results equal the contiguous layout's up to float rounding.
         fold_bn: fold every Conv-BN pair into one conv (:func:`fold_batchnorm`); the same function up to float
-            rounding, one layer call fewer per pair (BN was about 7 % of a ResNet-20 profile; the measured gain
-            of the dashboard's run was within noise, benchmarks/README.md).
+            rounding, one layer call fewer per pair.
+        mapping: extra ``{activation class: fn(module) -> ActivationSpec}`` entries (sinabs-style), e.g. for
+            your own clipped activation: ``{MyClip: lambda m: ActivationSpec("MyClip", torch.tensor([m.a]))}``.
     """
     fraction = {"half": 0.5, "zero": 0.0}.get(v0, v0) if isinstance(v0, str) else float(v0)
     if isinstance(fraction, str):
         raise ValueError(f"v0 must be 'half', 'zero' or a number, got {v0!r}")
-    acts = activation_modules(ann)
-    if not acts:
-        raise ValueError("the model has no QCFS or ReLU activation to convert")
+    _, sites = activation_sites(ann, mapping)
+    theta = _thresholds(ann, sites, thresholds, images, percentile, per_channel, mapping)
+    device = next(iter(ann.parameters()), torch.zeros(0)).device
+
+    def make_neuron(site: Site) -> IFNeuron:
+        return IFNeuron(theta[site.name], v0_fraction=fraction, name=site.name).to(device)
+
+    net, _ = spiking_graph(ann, make_neuron, mapping=mapping, fold_bn=fold_bn)
+    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return SpikingNetwork(net, [site.name for site in sites], max_batch_steps=max_batch_steps).eval()
+
+
+def _thresholds(ann: nn.Module, sites: list[Site], thresholds: str | dict[str, torch.Tensor],
+                images: torch.Tensor | None, percentile: float, per_channel: bool,
+                mapping: Mapping | None) -> dict[str, torch.Tensor]:
+    """θ per call site: given, from the activation (λ, clip value), or from statistics on ``images``."""
     if isinstance(thresholds, dict):
         theta = dict(thresholds)
     else:
         mode = thresholds
         if mode not in ("auto", "lambda", "max", "percentile"):
             raise ValueError(f"unknown threshold mode {mode!r}")
-        needs_stats = mode in ("max", "percentile") or (
-            mode == "auto" and any(not isinstance(m, QCFS) for _, m in acts)
-        )
+        needs_stats = mode in ("max", "percentile") or (mode == "auto" and any(s.spec.theta is None for s in sites))
         stats = {}
         if needs_stats:
             if images is None:
                 raise ValueError("a ReLU network (or threshold mode max/percentile) needs training images for θ")
             stat_mode = "percentile" if mode == "auto" else mode
-            stats = activation_thresholds(ann, images, mode=stat_mode, percentile=percentile, per_channel=per_channel)
+            stats = activation_thresholds(ann, images, mode=stat_mode, percentile=percentile, per_channel=per_channel,
+                                          mapping=mapping)
         theta = {}
-        for name, module in acts:
-            if isinstance(module, QCFS) and mode in ("auto", "lambda"):
-                theta[name] = module.threshold.detach().float().abs().clamp_min(1e-4).view(1).cpu()
+        for site in sites:
+            if site.spec.theta is not None and mode in ("auto", "lambda"):
+                theta[site.name] = site.spec.theta.clamp_min(1e-4)
             elif mode == "lambda":
-                raise ValueError(f"layer {name!r} is a ReLU: it has no λ; use max or percentile thresholds")
+                raise ValueError(f"layer {site.name!r} is a {site.spec.kind}: it has no λ; use max or percentile "
+                                 "thresholds")
             else:
-                theta[name] = stats[name]
-    missing = [n for n, _ in acts if n not in theta]
+                theta[site.name] = stats[site.name]
+    missing = [s.name for s in sites if s.name not in theta]
     if missing:
         raise ValueError(f"no threshold given for layers {missing}")
-
-    net = copy.deepcopy(ann).float().eval()
-    net = _fold_batchnorm_(net) if fold_bn else net
-    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    device = next(net.parameters()).device
-    for name, _ in acts:
-        parent_name, _, child = name.rpartition(".")
-        parent = net.get_submodule(parent_name) if parent_name else net
-        neuron = IFNeuron(theta[name], v0_fraction=fraction, name=name).to(device)
-        setattr(parent, child, neuron)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return SpikingNetwork(net, [n for n, _ in acts], max_batch_steps=max_batch_steps).eval()
+    return theta

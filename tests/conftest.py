@@ -27,6 +27,12 @@ def randomize(model: nn.Module, seed: int = 0, threshold: float | None = None) -
     return model.eval()
 
 
+def module_activations(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The QCFS/ReLU modules of a model whose activations are each used once, in registration order: an
+    independent listing for tests (the conversion front end traces call sites itself)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (QCFS, nn.ReLU))]
+
+
 @pytest.fixture
 def tiny_cnn() -> nn.Module:
     torch.manual_seed(0)

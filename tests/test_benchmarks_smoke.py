@@ -215,8 +215,8 @@ def test_residual_error_parts_match_a_direct_computation(tiny_cnn, mnist_like):
     import residual_error
 
     from ftbc_core.calibration import fit_biases
+    from conftest import module_activations
     from ftbc_core.measure import Recorder
-    from ftbc_core.models import activation_modules
     from ftbc_core.snn import to_snn
 
     steps = 3
@@ -227,7 +227,7 @@ def test_residual_error_parts_match_a_direct_computation(tiny_cnn, mnist_like):
     spikes = {n: [] for n in net.layer_names}
     acts = {}
     handles = [m.register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.double()))
-               for n, m in activation_modules(tiny_cnn)]
+               for n, m in module_activations(tiny_cnn)]
     with torch.no_grad():
         tiny_cnn(x)
     for h in handles:

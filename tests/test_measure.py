@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import module_activations
 from ftbc_core.measure import HIST_EDGES, Recorder
-from ftbc_core.models import activation_modules
 from ftbc_core.neuron import QCFS
 from ftbc_core.snn import SpikingNetwork, to_snn
 
@@ -28,7 +28,7 @@ def _reference(snn: SpikingNetwork, ann: nn.Module, batches: list[torch.Tensor],
     for x in batches:
         acts: dict[str, np.ndarray] = {}
         hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.double().numpy()))
-                 for n, m in activation_modules(ann)]
+                 for n, m in module_activations(ann)]
         with torch.no_grad():
             ann(x)
         for h in hooks:

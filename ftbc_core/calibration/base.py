@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import activation_modules
+from ..convert import activation_sites
 from ..snn import SpikingNetwork
 
 __all__ = ["CalibrationMethod", "CalibrationReport", "METHODS", "register", "get_method", "ann_channel_means",
@@ -113,7 +113,7 @@ class NoCorrection(CalibrationMethod):
 
 @torch.no_grad()
 def ann_channel_means(ann: nn.Module, x: torch.Tensor, thetas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per activation layer, the channel means of the ANN activation clipped to ``[0, θ]`` (what an IF layer
+    """Per activation call site, the channel means of the ANN activation clipped to ``[0, θ]`` (what an IF layer
     with threshold θ can express): ``{name: [C]}`` from one hooked forward pass on ``x``."""
     means: dict[str, torch.Tensor] = {}
 
@@ -127,10 +127,10 @@ def ann_channel_means(ann: nn.Module, x: torch.Tensor, thetas: dict[str, torch.T
 
     was_training = ann.training
     ann.eval()
-    acts = activation_modules(ann)
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in acts]
+    probe, sites = activation_sites(ann)
+    handles = [probe.get_submodule(s.name).register_forward_hook(hook_for(s.name)) for s in sites]
     try:
-        ann(x)
+        probe(x)
     finally:
         for h in handles:
             h.remove()

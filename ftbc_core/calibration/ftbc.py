@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..convert import activation_sites
 from ..neuron import IFNeuron, channel_view, if_step
 from ..snn import SpikingNetwork, check_timesteps
 from .base import (CalibrationMethod, CalibrationReport, Progress, ann_channel_means, check_options, copy_snn,
@@ -143,7 +144,7 @@ def fit_biases(
     device = next(new.parameters()).device
     neurons = new.neurons
     names = new.layer_names
-    ann_names = [n for n, _ in _ann_acts(ann)]
+    ann_names = [site.name for site in activation_sites(ann)[1]]
     if ann_names != names:
         raise ValueError("the ANN and the SNN do not pair up layer by layer (was the SNN converted from this ANN?)")
     thetas = {n: neuron.theta for n, neuron in zip(names, neurons)}
@@ -185,12 +186,6 @@ def fit_biases(
                          "overflow float32?)")
     n_images = int(torch.cat(chosen).unique().numel())
     return new, tuple(changes), n_images
-
-
-def _ann_acts(ann: nn.Module):
-    from ..models import activation_modules
-
-    return activation_modules(ann)
 
 
 class _FtbcBase(CalibrationMethod):
