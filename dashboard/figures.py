@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 from ftbc_core.calibration import METHODS, CalibrationReport
 from ftbc_core.experiment import ExperimentResult
-from ftbc_core.inspect import ImageTrace, NeuronTrace
+from ftbc_core.image_trace import ImageTrace
+from ftbc_core.neuron_lab import NeuronTrace
 
 COLORS = {"none": "#7f7f7f", "ftbc": "#1f77b4", "ftbc-exact": "#2ca02c", "ftbc-layer": "#9467bd", "cos": "#ff7f0e"}
 ERROR_AXIS = {"abs": "mean |SNN − ANN| (activation units)",

@@ -14,6 +14,7 @@ import inspect as pysource
 import json
 import os
 import time
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,10 +29,12 @@ from ftbc_core.calibration import METHODS
 from ftbc_core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from ftbc_core.data import DataError, ImageArrays, get_info
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model, run_experiment
-from ftbc_core.inspect import (ImageTrace, available_memory_bytes, estimate_memory_bytes, network_from_report,
-                               trace_image)
+from ftbc_core.image_trace import ImageTrace, network_from_report, trace_image
+from ftbc_core.importer import SOURCES, import_model
+from ftbc_core.memory import available_memory_bytes, estimate_memory_bytes
+from ftbc_core.public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps
-from ftbc_core.train import resolve_device
+from ftbc_core.devices import check_device
 
 from dashboard import figures
 
@@ -87,8 +90,14 @@ def load_shipped(name: str) -> tuple[nn.Module, ModelCard]:
 
 
 @st.cache_resource(max_entries=4, show_spinner="reading the checkpoint…")
-def load_uploaded(digest: str, _data: bytes) -> tuple[nn.Module, ModelCard]:
-    return load_checkpoint(_data)
+def load_uploaded(key: str, _data: bytes) -> tuple[nn.Module, ModelCard]:
+    """A ``.safetensors`` checkpoint (key: its sha256), or a public code's ``.pth`` imported through the same
+    path as ``ftbc import`` (key: ``sha256:source:arch:dataset:levels:file name``)."""
+    if ":" not in key:
+        return load_checkpoint(_data)
+    digest, source, arch, dataset, levels, name = key.split(":", 5)
+    return import_model(_data, name, source=source, arch=arch, dataset=dataset, levels=int(levels),
+                        name=f"{Path(name).stem} (imported)")
 
 
 def model_for(model_ref: tuple[str, str]) -> tuple[nn.Module, ModelCard]:
@@ -125,7 +134,7 @@ def cached_result(key: str) -> ExperimentResult | None:
 def calibrated_networks(key: str, _run: Run, _ann: nn.Module, _card: ModelCard) -> dict[str, SpikingNetwork]:
     """Every method's network of a stored run, rebuilt from its reports (biases, ρ) without recalibrating."""
     cfg = _run.config
-    device = resolve_device(cfg.device)
+    device = check_device(cfg.device)
     calib = torch.empty(0)
     if _card.activation != "qcfs":  # ReLU thresholds come from the same calibration images as in the run
         train, _ = load_images(_card.dataset, "train", cfg.data_dir)
@@ -251,22 +260,30 @@ def start_run(cfg: ExperimentConfig, model_ref: tuple[str, str]) -> None:
 
 
 # -- the sidebar form --------------------------------------------------------------------------------------
-def _model_ref(choice: str, upload) -> tuple[str, str] | None:
-    """Turn the form's model fields into a model reference; shows an error and returns None if unusable."""
+def _model_ref(choice: str, upload, public: dict) -> tuple[str, str] | None:
+    """Turn the form's model fields into a model reference; shows an error and returns None if unusable.
+
+    Args:
+        public: the import fields for a public code's ``.pth`` (source, arch, dataset, levels).
+    """
     if choice != UPLOAD:
         return "shipped", choice
     if upload is None:
-        st.error("Choose a checkpoint file to upload (.safetensors), or pick a shipped model.")
+        st.error("Choose a checkpoint file to upload (.safetensors, or a public QCFS/COS/FTBC .pth), or pick a "
+                 "shipped model.")
         return None
     data = upload.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
+    key = hashlib.sha256(data).hexdigest()
+    if Path(upload.name).suffix.lower() in (".pth", ".pt"):
+        key = ":".join([key, public["source"], public["arch"], public["dataset"], str(public["levels"]),
+                        upload.name.replace(":", "_")])
     try:
-        load_uploaded(digest, data)
+        load_uploaded(key, data)
     except CheckpointError as err:
         st.error(f"Cannot use {upload.name}: {err}")
         return None
-    st.session_state.setdefault("uploads", {})[digest] = data
-    return "upload", digest
+    st.session_state.setdefault("uploads", {})[key] = data
+    return "upload", key
 
 
 def experiment_sidebar() -> None:
@@ -281,7 +298,14 @@ def experiment_sidebar() -> None:
         with st.form("experiment"):
             choices = names + [UPLOAD]
             choice = st.selectbox("Model", choices, index=choices.index(default_model), key="model")
-            upload = st.file_uploader("Checkpoint (when uploading)", type=["safetensors"], key="upload")
+            upload = st.file_uploader("Checkpoint (when uploading)", type=["safetensors", "pth", "pt"], key="upload",
+                                      help="A .safetensors made by ftbc train / ftbc import, or a .pth state dict "
+                                           "of the public QCFS, COS or FTBC code (fill in what it is below).")
+            with st.expander("A public .pth: what it is"):
+                public = {"source": st.selectbox("Written by", list(SOURCES), key="pth_source"),
+                          "arch": st.selectbox("Architecture", list(PUBLIC_ARCHS), key="pth_arch"),
+                          "dataset": st.selectbox("Dataset", list(PUBLIC_NORMALIZATION), key="pth_dataset"),
+                          "levels": st.number_input("QCFS levels L it was trained with", 1, 64, 4, key="pth_levels")}
             source = st.radio("Data", ["bundled sample", "data folder"], horizontal=True, key="data_source")
             data_dir = st.text_input("Data folder (full dataset)", key="data_dir", placeholder="/path/to/data")
             timesteps = st.number_input("Time steps T", 1, 64, int(values["timesteps"]), key="timesteps")
@@ -305,7 +329,7 @@ def experiment_sidebar() -> None:
             st.error("Choose at least one method.")
         elif source == "data folder" and not data_dir.strip():
             st.error("Enter the data folder, or choose the bundled sample.")
-        elif (ref := _model_ref(choice, upload)) is not None:
+        elif (ref := _model_ref(choice, upload, public)) is not None:
             cfg = ExperimentConfig(
                 model=ref[1] if ref[0] == "shipped" else f"upload:{ref[1][:16]}",
                 data_dir=data_dir.strip() if source == "data folder" else None, timesteps=int(timesteps),

@@ -28,7 +28,7 @@ __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint",
 
 FORMAT = "ftbc-explorer/1"
 CARD_KEY = "ftbc_card"
-MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
+MAX_CHECKPOINT_BYTES = 1024 * 1024 * 1024
 
 
 class CheckpointError(ValueError):

@@ -118,13 +118,23 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
 
 
+def _device(name: str) -> str:
+    """``--device``: ``auto`` is the CLI's choice (a GPU when there is one); the core is always told."""
+    if name.strip().lower() == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
         arch=args.arch, dataset=args.dataset, out=args.out, data_dir=args.data_dir, activation=args.activation,
         levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device, fast=not args.no_fast,
+        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=_device(args.device),
+        fast=not args.no_fast,
         compile=args.compile, notes=args.notes, limit=args.limit, half=args.half,
         command="ftbc " + shlex.join(args.argv),
     )
@@ -160,7 +170,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     model, card = _user_model(args)
     cfg = ExperimentConfig(
         model=args.model or args.model_code, data_dir=args.data_dir, timesteps=max(args.timesteps), methods=tuple(args.methods),
-        limit=args.limit, batch_size=args.batch_size, device=args.device, method_options=_method_options(args),
+        limit=args.limit, batch_size=args.batch_size, device=_device(args.device),
+        method_options=_method_options(args),
     )
     result = run_experiment(cfg, progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr), model=model,
                             card=card)
@@ -191,7 +202,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         raise CliError("--model-code needs --out for the biases file")
     path = calibrate_and_save(model if model is not None else args.model, card=card, data_dir=args.data_dir,
                               timesteps=args.timesteps, method=args.method, options=_method_options(args),
-                              device=args.device, out=args.out,
+                              device=_device(args.device), out=args.out,
                               progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}")
 

@@ -86,9 +86,23 @@ DEFAULT_MAPPING: Mapping = {
 
 # Activation classes of the public codes, recognised by class name (a user's own copy of the public code
 # defines its own class, so matching by type would miss it).
+def _ftbc_code_if(m: nn.Module) -> ActivationSpec:
+    """The FTBC code's ``IF(T, L, thresh)``: a QCFS activation while ``T == 0`` (ANN mode), an IF layer after."""
+    if int(getattr(m, "T", 0)) != 0:
+        raise ConversionError(f"{type(m).__name__} is already a spiking layer (T = {m.T}); give the ANN (T = 0)")
+    return ActivationSpec("IF (FTBC code, ANN mode)", _positive(m.thresh, "IF's thresh"), int(m.L))
+
+
+def _already_spiking(m: nn.Module) -> ActivationSpec:
+    raise ConversionError(f"{type(m).__name__} is already a spiking layer; give the ANN it was converted from")
+
+
 NAMED_MAPPING: dict[str, Callable[[nn.Module], ActivationSpec]] = {
-    "MyFloor": lambda m: ActivationSpec("MyFloor", _positive(m.up, "MyFloor's up"), int(m.t)),
-    "TCL": lambda m: ActivationSpec("TCL", _positive(m.up, "TCL's up")),
+    "MyFloor": lambda m: ActivationSpec("MyFloor", _positive(m.up, "MyFloor's up"), int(m.t)),  # QCFS code
+    "TCL": lambda m: ActivationSpec("TCL", _positive(m.up, "TCL's up")),  # QCFS code, clip only
+    "QCFS": lambda m: ActivationSpec("QCFS (COS code)", _positive(m.up, "QCFS's up"), int(m.t)),  # COS code
+    "IF": _ftbc_code_if,  # FTBC code
+    "ScaledNeuron": _already_spiking, "MPLayer": _already_spiking, "IFNeuron": _already_spiking,
 }
 
 # Activations with no IF equivalent, refused wherever they are.

@@ -23,11 +23,11 @@ from .calibration import CalibrationReport, get_method
 from .calibration.base import check_options
 from .checkpoint import CheckpointError, ModelCard, atomic_write_bytes, load_checkpoint
 from .data import ImageArrays, balanced_indices, get_info, iterate_batches, to_tensor
-from .inspect import available_memory_bytes, estimate_memory_bytes
+from .devices import check_device
+from .memory import available_memory_bytes, estimate_memory_bytes
 from .measure import Measurements, Recorder
 from .models import check_input_shape
 from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, running_mean, to_snn
-from .train import resolve_device
 from .user_model import CUSTOM_ARCH
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibration_images", "simulate_dataset",
@@ -50,7 +50,7 @@ class ExperimentConfig:
     methods: tuple[str, ...] = ("none", "ftbc")
     limit: int | None = None
     batch_size: int = 200
-    device: str = "auto"
+    device: str = "cpu"
     method_options: dict[str, Any] = field(default_factory=dict)
     calib_images: int = 1024
     record: bool = False
@@ -230,7 +230,7 @@ def run_experiment(
         raise ValueError(f"the number of measured images must be >= 1, got {cfg.record_images}")
     if cfg.calib_images < 1 or cfg.batch_size < 1:
         raise ValueError(f"calib_images and batch_size must be >= 1, got {cfg.calib_images} and {cfg.batch_size}")
-    device = resolve_device(cfg.device)
+    device = check_device(cfg.device)
     report = progress or (lambda f, m: None)
     say = log or (lambda m: None)
     if model is None:
@@ -318,7 +318,7 @@ def calibrate_and_save(
     timesteps: int,
     method: str = "ftbc",
     options: dict[str, Any] | None = None,
-    device: str = "auto",
+    device: str = "cpu",
     out: str | None = None,
     calib_images: int = 1024,
     progress: Progress | None = None,
@@ -332,7 +332,7 @@ def calibrate_and_save(
     check_options({k: v for k, v in (options or {}).items() if v is not None})
     if calib_images < 1:
         raise ValueError(f"calib_images must be >= 1, got {calib_images}")
-    dev = resolve_device(device)
+    dev = check_device(device)
     if isinstance(model, nn.Module):
         if card is None or out is None:
             raise ValueError("calibrating a model object needs its card and an output file")

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from .checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, ModelCard, save_checkpoint
 from .models import build_model
 from .public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 
-__all__ = ["import_checkpoint", "SOURCES", "MAX_SOURCE_BYTES"]
+__all__ = ["import_checkpoint", "import_model", "SOURCES", "MAX_SOURCE_BYTES"]
 
 MAX_SOURCE_BYTES = 1 << 30
 # --from NAME: the code that wrote the file (all three save the same module layout)
@@ -42,14 +43,20 @@ def _line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read(path: Path) -> tuple[Any, str]:
-    """``torch.load`` of the file's bytes (tensors and plain containers only) and the bytes' sha256."""
+def _read(path: Path) -> bytes:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist or is not a file")
     size = path.stat().st_size
     if size > MAX_SOURCE_BYTES:
         raise CheckpointError(f"{path} is {size / 2**20:.0f} MiB, over the {MAX_SOURCE_BYTES >> 20} MiB import limit")
-    data = path.read_bytes()
+    return path.read_bytes()
+
+
+def _load(data: bytes, path: str) -> tuple[Any, str]:
+    """``torch.load`` of a file's bytes (tensors and plain containers only) and the bytes' sha256."""
+    if len(data) > MAX_SOURCE_BYTES:
+        raise CheckpointError(f"{path} is {len(data) / 2**20:.0f} MiB, over the {MAX_SOURCE_BYTES >> 20} MiB "
+                              "import limit")
     digest = hashlib.sha256(data).hexdigest()
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -164,6 +171,35 @@ def import_checkpoint(
     Raises:
         CheckpointError: one line saying why, before anything is written.
     """
+    path, out = Path(src), Path(out)
+    name = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    model, card = import_model(_read(path), str(path), source=source, arch=arch, dataset=dataset, levels=levels,
+                               mean=mean, std=std, name=name, half=half, command=command)
+    return save_checkpoint(model, card, out, half=half)
+
+
+def import_model(
+    data: bytes,
+    label: str,
+    *,
+    source: str = "qcfs",
+    arch: str,
+    dataset: str,
+    levels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str = "",
+    half: bool = False,
+    command: str = "",
+) -> tuple[nn.Module, ModelCard]:
+    """:func:`import_checkpoint` on a file's bytes (the dashboard's upload), without writing anything.
+
+    Args:
+        label: how messages name the file. Other arguments as :func:`import_checkpoint`.
+
+    Returns:
+        ``(model in eval mode, card)``.
+    """
     from .data import DataError, get_info  # noqa: PLC0415
 
     if source not in SOURCES:
@@ -181,9 +217,9 @@ def import_checkpoint(
     mean_t = _floats(mean, PUBLIC_NORMALIZATION[key][0], "mean", positive=False)
     std_t = _floats(std, PUBLIC_NORMALIZATION[key][1], "std", positive=True)
 
-    path = Path(src)
-    obj, digest = _read(path)
-    tensors, file_levels = _state_dict(obj, str(path))
+    path = Path(label)
+    obj, digest = _load(data, label)
+    tensors, file_levels = _state_dict(obj, label)
     if levels is not None and file_levels is not None and int(levels) != file_levels:
         raise CheckpointError(f"--levels {levels} contradicts the L = {file_levels} stored in {path}")
     levels = file_levels if levels is None else levels
@@ -194,8 +230,8 @@ def import_checkpoint(
         raise CheckpointError(f"QCFS levels L must be an integer >= 1, got {levels!r}")
     levels = int(levels)
 
-    name = f"qcfs-{public}"
-    model = build_model(name, "qcfs", levels, info.num_classes, 3, mean_t, std_t)
+    arch_name = f"qcfs-{public}"
+    model = build_model(arch_name, "qcfs", levels, info.num_classes, 3, mean_t, std_t)
     expected = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
     tensors, layout = _public_keys(tensors)
     _check_fit(tensors, expected, str(path), f"the public {public} with {info.num_classes} classes ({key})")
@@ -207,10 +243,8 @@ def import_checkpoint(
     model.net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=False)
     model.eval()
 
-    out = Path(out)
     card = ModelCard(
-        name=out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name,
-        arch=name, activation="qcfs", levels=levels, dataset=key, num_classes=info.num_classes, in_channels=3,
+        name=name or f"{arch_name}-{key}", arch=arch_name, activation="qcfs", levels=levels, dataset=key, num_classes=info.num_classes, in_channels=3,
         image_size=_IMAGE_SIZE[key], class_names=tuple(info.class_names), mean=mean_t, std=std_t,
         command=command, date=_dt.date.today().isoformat(),
         notes=(f"Imported from {path.name} (sha256 {digest}), a {public} state_dict written by the {source} code "
@@ -218,4 +252,4 @@ def import_checkpoint(
         extra={"source": source, "source_code": SOURCES[source], "source_file": path.name, "source_sha256": digest,
                "source_arch": public, "source_layout": layout, "stored_as": "float16" if half else "float32"},
     )
-    return save_checkpoint(model, card, out, half=half)
+    return model, card

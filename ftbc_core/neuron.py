@@ -154,7 +154,6 @@ class IFNeuron(nn.Module):
         self.name = name
         self.run_shape: tuple[int, int] | None = None  # (T, B) during a forward call
         self.step_rule: StepRule | None = None  # set temporarily by calibration methods
-        self.init_potential: torch.Tensor | None = None  # set temporarily by methods that shift v[0] per input
         self.step_hooks: list[StepHook] = []
 
     # -- parameters --------------------------------------------------------------------------------------
@@ -171,14 +170,12 @@ class IFNeuron(nn.Module):
         return channel_view(self.bias[t], ndim)
 
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
-        """``v[0]``: ``v0_fraction · θ`` (plus a per-input shift when a method set one), shaped like one step.
+        """``v[0]``: ``v0_fraction · θ``, shaped like one step.
 
         A new tensor with the memory format of ``like``.
         """
         v = torch.empty_like(like)
         v.copy_((self.v0_fraction * channel_view(self.theta, like.dim())).expand_as(like))
-        if self.init_potential is not None:
-            v.add_(self.init_potential)
         return v
 
     # -- simulation ----------------------------------------------------------------------------------------

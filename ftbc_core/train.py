@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import check_device
 from .checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
 from .data import ImageArrays, get_info, load_split
 from .models import build_model, check_input_shape
 
-__all__ = ["TrainConfig", "train", "evaluate_ann", "augment_batch", "resolve_device"]
+__all__ = ["TrainConfig", "train", "evaluate_ann", "augment_batch"]
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     seed: int = 0
-    device: str = "auto"
+    device: str = "cpu"
     fast: bool = True
     compile: bool = False
     limit: int | None = None
@@ -57,16 +58,6 @@ class TrainConfig:
     name: str | None = None
     notes: str = ""
     command: str = ""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no GPU is available")
-    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -145,7 +136,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     check_input_shape(cfg.arch, info.image_shape)
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
-    device = resolve_device(cfg.device)
+    device = check_device(cfg.device)
     train_set = load_split(cfg.dataset, "train", cfg.data_dir)
     test_set = load_split(cfg.dataset, "test", cfg.data_dir)
     if cfg.limit:

@@ -368,3 +368,29 @@ def test_tracing_does_not_disturb_a_forward_in_another_thread():
         trace_sites(model)
     worker.join()
     assert errors == []
+
+
+def test_the_cos_and_ftbc_codes_activations_map_by_name():
+    class QCFS(nn.Module):  # the COS code's activation (a class of the user's copy of that code)
+        def __init__(self, up: float = 8.0, t: int = 32) -> None:
+            super().__init__()
+            self.up, self.t = nn.Parameter(torch.tensor([up])), t
+
+        def forward(self, x):
+            return torch.clamp(torch.floor(x / self.up * self.t + 0.5) / self.t, 0, 1) * self.up
+
+    class IF(nn.Module):  # the FTBC code's module: QCFS while T == 0
+        def __init__(self, T: int = 0, L: int = 8, thresh: float = 8.0) -> None:
+            super().__init__()
+            self.T, self.L, self.thresh = T, L, nn.Parameter(torch.tensor([thresh]))
+
+        def forward(self, x):
+            return torch.clamp(torch.floor(x / self.thresh * self.L + 0.5) / self.L, 0, 1) * self.thresh
+
+    model = nn.Sequential(nn.Linear(4, 4), QCFS(3.0, 4), nn.Linear(4, 4), IF(0, 8, 2.0), nn.Linear(4, 2))
+    _, sites = trace_sites(model)
+    assert [(s.spec.kind, float(s.spec.theta), s.spec.levels) for s in sites] == [
+        ("QCFS (COS code)", 3.0, 4), ("IF (FTBC code, ANN mode)", 2.0, 8)]
+    model[3].T = 4
+    with pytest.raises(ConversionError, match=r"layer '3': IF is already a spiking layer \(T = 4\); give the ANN"):
+        trace_sites(model)

@@ -273,3 +273,26 @@ def test_progress_updates_are_throttled(monkeypatch):
     for i, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 1.0]):
         update(f, f"step {i}")
     assert shown == [(0.1, "step 0"), (0.4, "step 3"), (1.0, "step 5")]  # t = 0, 0.3 and the end
+
+
+def test_upload_of_a_public_pth_goes_through_the_import_path(at, calls, tmp_path):
+    import torch
+
+    from test_import import reference
+
+    src = tmp_path / "resnet20_cifar10.pth"
+    torch.save(reference("resnet20", "cifar10", 4, 0, torch.rand(8, 3, 32, 32)).state_dict(), src)
+    at.selectbox(key="model").set_value(state.UPLOAD)
+    at.file_uploader(key="upload").set_value(("resnet20_cifar10.pth", src.read_bytes(), "application/octet-stream"))
+    at.selectbox(key="pth_arch").set_value("resnet20")
+    at.selectbox(key="pth_dataset").set_value("cifar10")
+    at.number_input(key="pth_levels").set_value(4)
+    at.number_input(key="limit").set_value(20)
+    at.number_input(key="record_images").set_value(20)
+    run(at)
+    assert not at.exception and not errors(at) and len(calls) == 1
+    assert at.session_state["run"].result.model_name == "resnet20_cifar10 (imported)"
+    # a .pth of another architecture is a one-line message, not a run
+    at.selectbox(key="pth_arch").set_value("vgg16")
+    run(at)
+    assert errors(at) and errors(at)[0].startswith("Cannot use resnet20_cifar10.pth: resnet20_cifar10.pth does not fit")

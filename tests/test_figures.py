@@ -18,7 +18,8 @@ if str(ROOT) not in sys.path:
 from dashboard import figures  # noqa: E402
 from ftbc_core.checkpoint import load_checkpoint  # noqa: E402
 from ftbc_core.experiment import ExperimentConfig, run_experiment  # noqa: E402
-from ftbc_core.inspect import network_from_report, simulate_if_neurons, trace_image  # noqa: E402
+from ftbc_core.image_trace import network_from_report, trace_image  # noqa: E402
+from ftbc_core.neuron_lab import simulate_if_neurons  # noqa: E402
 from ftbc_core.snn import to_snn  # noqa: E402
 
 T = 4

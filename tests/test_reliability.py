@@ -147,7 +147,7 @@ def test_non_checkpoint_files_up_to_the_upload_limit(tmp_path):
     huge = tmp_path / "huge.safetensors"
     with open(huge, "wb") as f:  # sparse: nothing is written, and the loader must not read it
         f.truncate(checkpoint.MAX_CHECKPOINT_BYTES + 1)
-    with pytest.raises(CheckpointError, match="is larger than 512 MiB"):
+    with pytest.raises(CheckpointError, match="is larger than 1024 MiB"):
         load_checkpoint(huge)
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import figures, state
 from ftbc_core.experiment import simulate_dataset
-from ftbc_core.inspect import qcfs_value, simulate_if_neurons
+from ftbc_core.neuron_lab import qcfs_value, simulate_if_neurons
 from ftbc_core.snn import SpikingNetwork, running_mean
 
 st.title("Accuracy vs time step")

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, state
-from ftbc_core.inspect import error_parts, qcfs_value, simulate_if_neurons
+from ftbc_core.neuron_lab import error_parts, qcfs_value, simulate_if_neurons
 from ftbc_core.neuron import if_step
 
 st.title("Neuron lab")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import figures, state
 from ftbc_core.data import DataError, get_info, to_tensor
-from ftbc_core.inspect import trace_image
+from ftbc_core.image_trace import trace_image
 
 st.title("One image")
 run = state.require_run()

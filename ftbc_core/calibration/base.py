@@ -96,7 +96,7 @@ def copy_snn(snn: SpikingNetwork) -> SpikingNetwork:
     """A deep copy with no temporary state (rules, hooks) carried over."""
     new = copy.deepcopy(snn)
     for neuron in new.neurons:
-        neuron.step_rule, neuron.step_hooks, neuron.init_potential, neuron.run_shape = None, [], None, None
+        neuron.step_rule, neuron.step_hooks, neuron.run_shape = None, [], None
     return new
 
 

@@ -5,9 +5,26 @@ forward runs with a step rule on every IF layer. When layer l reaches step t (it
 corrected layers before it), the rule fits ``b^l[t]`` and emits the corrected spikes, so the cost per batch is
 about one ANN plus one SNN forward (O(L·T)), not a re-run of the network per layer.
 
-α-iteration (``ftbc``, ``ftbc-layer``)::
+Paper's α-iteration (``ftbc-alpha``, ``ftbc-layer``)::
 
     E = channel-mean of s[t] with the current b[t];   b[t] += α (E - A);   redo step t with the new b[t]
+
+It assumes the channel's firing rate moves smoothly with b. Where many neurons share one exact value of
+``v[t-1] + z[t]`` (a point mass, e.g. the constant background of MNIST digits), the rate jumps as b crosses it,
+no bias reaches a target inside the jump, and the iteration cycles around it for ever: the result then depends on
+the number of batches and the draw (docs/method.md, section 5).
+
+Averaged bracketed root (``ftbc``, the default), per batch, step and channel, with ``g(b) = E(b) - A`` evaluated
+exactly on the batch (the same float operations as the deployed neuron, a few cheap element-wise passes)::
+
+    r   = bias with the smallest |g| found from b[t] by a short root search: the α step first, then regula falsi
+          (Illinois) once g changed sign, else a growing step                       (this batch's root)
+    m   = b[t] + (r - b[t]) / k                                                    (running mean over batches)
+    b[t] = the point of smallest |g| within |m - b[t]| of m (the same search, windowed): where a point mass lies
+           next to m, this picks the side (fire all tied neurons or none) that is closer to the target
+
+The running mean makes the fit converge (the change per batch shrinks like 1/k, ``CalibrationReport.bias_change``)
+and the windowed step keeps the mean from landing on an arbitrary side of a point mass.
 
 Exact root (``ftbc-exact``): the bias that makes the fraction of neurons with ``u[t] >= θ`` equal ``A/θ`` is a
 quantile of ``w = v[t-1] + z[t] - θ`` over the batch and positions: ``b = quantile(w, 1 - A/θ)``.
@@ -28,7 +45,9 @@ from ..snn import SpikingNetwork, check_timesteps
 from .base import (CalibrationMethod, CalibrationReport, Progress, ann_channel_means, check_options, copy_snn,
                    register)
 
-__all__ = ["FtbcRule", "fit_biases", "FTBC", "FTBCExact", "FTBCLayer"]
+__all__ = ["FtbcRule", "FtbcRootRule", "fit_biases", "FTBC", "FTBCAlpha", "FTBCExact", "FTBCLayer"]
+
+MODES = ("alpha", "exact", "root")
 
 
 def _channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -108,6 +127,92 @@ class FtbcRule:
         return u.sub_(out)
 
 
+class FtbcRootRule:
+    """Step rule of the default ``ftbc``: this batch's root by a short search, averaged over batches, then the
+    best point of this batch next to the average (see the module docstring).
+
+    Args:
+        target: ANN channel means ``[C]`` for this batch.
+        alpha: the first trial step of the search, ``b + α·g(b)``.
+        weight: weight of this batch's root in the running mean (``1/k`` for the k-th batch, 1 = replace).
+        layerwise: one bias per step for the whole layer (``[T, 1]``).
+        evals, window_evals: evaluations of ``g`` by the root search and by the windowed search (each one
+            subtraction, one comparison and one reduction over the step's tensor).
+    """
+
+    def __init__(self, target: torch.Tensor, alpha: float, weight: float = 1.0, layerwise: bool = False,
+                 evals: int = 3, window_evals: int = 2) -> None:
+        self.target = target.mean().view(1) if layerwise else target
+        self.alpha = float(alpha)
+        self.weight = float(weight)
+        self.layerwise = layerwise
+        self.evals = int(evals)
+        self.window_evals = int(window_evals)
+
+    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, out: torch.Tensor):
+        """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``; ``out``
+        is the scratch buffer (the same float operations as the deployed step, so ties fire exactly as there)."""
+        theta_v = channel_view(theta, vz.dim())
+        dims = [0, *range(2, vz.dim())]
+        n = vz.numel() // vz.shape[1]
+
+        def error(b: torch.Tensor) -> torch.Tensor:
+            torch.sub(vz, channel_view(b, vz.dim()), out=out)
+            torch.ge(out, theta_v, out=out)
+            mean = out.sum(dims, dtype=torch.float64).div_(n).to(vz.dtype) * theta
+            return (mean.mean().view(1) if self.layerwise else mean) - self.target
+
+        return error
+
+    def _search(self, error, start: torch.Tensor, radius: torch.Tensor | None, evals: int) -> torch.Tensor:
+        """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it)."""
+        g = error(start)
+        best, best_g = start, g
+        inf = torch.full_like(start, float("inf"))
+        zero = torch.zeros_like(g)
+        lo, g_lo = torch.where(g > 0, start, -inf), torch.where(g > 0, g, zero)  # g > 0 below the root
+        hi, g_hi = torch.where(g < 0, start, inf), torch.where(g < 0, g, zero)
+        b, kept = start, zero  # kept: +1 / -1 if the last evaluation replaced lo / hi (Illinois)
+        lower, upper = (start - radius, start + radius) if radius is not None else (None, None)
+        for i in range(1, evals):
+            bracketed = torch.isfinite(lo) & torch.isfinite(hi)
+            if i == 1:
+                cand = start + self.alpha * g
+            else:
+                falsi = lo + (hi - lo) * (g_lo / (g_lo - g_hi))
+                falsi = torch.where(torch.isfinite(falsi), falsi, 0.5 * (lo + hi))
+                cand = torch.where(bracketed, falsi, b + 2.0 ** (i - 1) * self.alpha * g)
+            if lower is not None:
+                cand = torch.minimum(torch.maximum(cand, lower), upper)
+            cand = torch.where(best_g == 0, best, cand)  # exact already: stay (no change without an error)
+            gc = error(cand)
+            better = gc.abs() < best_g.abs()
+            best, best_g = torch.where(better, cand, best), torch.where(better, gc, best_g)
+            pos, neg = gc > 0, gc < 0
+            g_lo_new = torch.where(pos, gc, torch.where(neg & (kept < 0) & bracketed, 0.5 * g_lo, g_lo))
+            g_hi_new = torch.where(neg, gc, torch.where(pos & (kept > 0) & bracketed, 0.5 * g_hi, g_hi))
+            lo, hi = torch.where(pos, cand, lo), torch.where(neg, cand, hi)
+            g_lo, g_hi = g_lo_new, g_hi_new
+            kept = torch.where(pos, 1.0, torch.where(neg, -1.0, kept))
+            b, g = cand, gc
+        return best
+
+    def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
+        vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
+        error = self._error_fn(vz, neuron.theta, out)
+        b0 = neuron.bias[t].clone()
+        root = self._search(error, b0, None, self.evals)
+        mean = torch.lerp(b0, root, self.weight)
+        if self.weight < 1.0 and self.window_evals > 1:
+            mean = self._search(error, mean, (mean - b0).abs(), self.window_evals)
+        neuron.bias[t] = mean
+        theta = channel_view(neuron.theta, v.dim())
+        u = vz.sub_(channel_view(neuron.bias[t], v.dim()))  # the step with the new bias
+        torch.ge(u, theta, out=out)
+        out.mul_(theta)  # s = θ·H(u − θ)
+        return u.sub_(out)
+
+
 @torch.no_grad()
 def fit_biases(
     snn: SpikingNetwork,
@@ -136,8 +241,8 @@ def fit_biases(
     """
     timesteps = check_timesteps(timesteps)
     check_options({"alpha": alpha, "batches": batches, "batch_size": batch_size, "passes": passes})
-    if mode not in ("alpha", "exact"):
-        raise ValueError(f"FTBC mode must be 'alpha' or 'exact', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"FTBC mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     if images.shape[0] == 0:
         raise ValueError("calibration needs at least one image")
     new = copy_snn(snn)
@@ -169,8 +274,11 @@ def fit_biases(
             if neuron.bias.shape[1] != c:
                 neuron.bias = torch.zeros(timesteps, c, device=device)
             before.append(neuron.bias.clone())
-            weight = 1.0 / (step_i + 1)  # exact: running average of the per-batch roots
-            neuron.step_rule = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
+            weight = 1.0 / (step_i + 1)  # exact, root: running average of the per-batch roots
+            if mode == "root":
+                neuron.step_rule = FtbcRootRule(targets[name].to(device), alpha, weight, layerwise)
+            else:
+                neuron.step_rule = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
         try:
             new.simulate(x, timesteps)
         finally:
@@ -208,9 +316,20 @@ class _FtbcBase(CalibrationMethod):
 @register
 class FTBC(_FtbcBase):
     name = "ftbc"
-    label = "FTBC (channel-wise, α-iteration)"
-    description = ("Per layer, step and channel biases fitted in forward passes: b[t] += α·(E[s[t]] − E[a]), "
-                   "layers in forward order, each step redone with its new bias.")
+    label = "FTBC (averaged root, converges)"
+    description = ("Per layer, step and channel biases fitted in forward passes: each batch's best bias (a short "
+                   "root search of E[s[t]] = E[a] from the α step) is averaged over batches, then moved to the "
+                   "nearer side of any point mass; converges where the paper's α-rule cycles.")
+    defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
+    mode = "root"
+
+
+@register
+class FTBCAlpha(_FtbcBase):
+    name = "ftbc-alpha"
+    label = "FTBC (paper's α-rule)"
+    description = ("The paper's update as published: b[t] += α·(E[s[t]] − E[a]) per batch, layers in forward "
+                   "order, each step redone with its new bias. Cycles where a channel's input has a point mass.")
     # Chosen on held-out MNIST training images by benchmarks/accuracy.py (grid α 0.1/0.2/0.5 x 2/4/8 batches).
     defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
 

@@ -1,4 +1,5 @@
-"""ftbc_core.inspect: one image's trajectory, the memory estimate, networks rebuilt from reports, the neuron lab."""
+"""ftbc_core.image_trace, .memory and .neuron_lab: one image's trajectory, networks rebuilt from reports, the
+memory estimate, the neuron lab."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 from ftbc_core.calibration import get_method
-from ftbc_core.inspect import (error_parts, estimate_memory_bytes, network_from_report, qcfs_value,
-                               simulate_if_neurons, trace_image)
+from ftbc_core.image_trace import network_from_report, trace_image
+from ftbc_core.memory import estimate_memory_bytes
+from ftbc_core.neuron_lab import error_parts, qcfs_value, simulate_if_neurons
 from ftbc_core.snn import to_snn
 
 
