@@ -71,15 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     p.add_argument("--timesteps", type=_int_list, default=[1, 2, 4, 8, 16, 32], help="e.g. 1,2,4,8")
     p.add_argument("--methods", type=_str_list, default=["none", "ftbc"],
-                   help=f"comma-separated: {', '.join(METHODS)}")
+                   help=f"comma-separated: {', '.join(m for m in METHODS if METHODS[m].selectable)}")
     p.add_argument("--limit", type=_positive_int, help="evaluate on the first N test images only")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="calibration draws K (seeds SEED..SEED+K-1): accuracy is their mean, with the std beside it")
+    p.add_argument("--biases", help="also evaluate the biases in this file (written by ftbc calibrate), as method "
+                   "'file'; refused if fitted for another model, conversion or a shorter T")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
     p.add_argument("--csv", dest="csv_out", help="write the table as CSV here")
 
     p = sub.add_parser("calibrate", help="fit FTBC biases and save them next to the model")
     _add_model_data_args(p)
     p.add_argument("--timesteps", type=_positive_int, default=32, help="T to calibrate for (serves every T' <= T)")
-    p.add_argument("--method", default="ftbc", help="a bias-fitting method: ftbc, ftbc-exact, ftbc-layer")
+    p.add_argument("--method", default="ftbc", help="a bias-fitting method: "
+                   f"{', '.join(m for m in METHODS if METHODS[m].fits_biases)}")
     p.add_argument("--out", help="output file (default: MODEL.METHOD-T<T>.safetensors)")
 
     sub.add_parser("models", help="list the shipped models and their cards")
@@ -112,6 +117,17 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=int, default=None, help="calibration batches (default: the method's)")
     p.add_argument("--calib-batch-size", type=_positive_int, default=None, help="images per calibration batch")
     p.add_argument("--rho", type=int, default=None, help="COS pre-simulation steps ρ")
+    p.add_argument("--calib-passes", type=int, default=None, help="passes over the calibration batches")
+    p.add_argument("--calib-images", type=_positive_int, default=1024,
+                   help="training images the calibration batches are drawn from (class-balanced)")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="one method's own option, e.g. ftbc-layer.alpha=0.1 (wins over the shared flags; repeat)")
+    p.add_argument("--v0", default="half", help="initial potential: half (θ/2), zero, or a fraction of θ")
+    p.add_argument("--thresholds", default="auto", choices=["auto", "lambda", "max", "percentile"],
+                   help="θ: auto (from the activation where it has one, e.g. QCFS λ; else percentile), or from "
+                        "activation statistics on the calibration images")
+    p.add_argument("--percentile", type=float, default=99.9, help="percentile for --thresholds percentile/auto")
+    p.add_argument("--per-channel-thresholds", action="store_true", help="θ per channel from statistics")
     p.add_argument("--batch-size", type=_positive_int, default=200, help="evaluation batch size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -141,10 +157,45 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume, progress=sys.stderr.isatty(), log=lambda m: print(m, flush=True))
 
 
-def _method_options(args: argparse.Namespace) -> dict:
-    opts = {"alpha": args.alpha, "batches": args.calib_batches, "batch_size": args.calib_batch_size,
-            "rho": args.rho, "seed": args.seed}
-    return {k: v for k, v in opts.items() if v is not None}
+_SHARED_FLAGS = {"alpha": "--alpha", "batches": "--calib-batches", "batch_size": "--calib-batch-size",
+                 "rho": "--rho", "passes": "--calib-passes"}
+
+
+def _method_options(args: argparse.Namespace, methods: list[str]) -> dict:
+    """Shared flags (given to every chosen method that has the option) and ``--option METHOD.KEY=VALUE``.
+
+    A shared flag that none of the chosen methods takes is an error, not silently ignored."""
+    from .calibration import METHODS
+
+    values = {"alpha": args.alpha, "batches": args.calib_batches, "batch_size": args.calib_batch_size,
+              "rho": args.rho, "passes": args.calib_passes}
+    opts: dict = {k: v for k, v in values.items() if v is not None}
+    for key in opts:
+        if not any(key in METHODS[m].defaults for m in methods if m in METHODS):
+            takers = [m for m in METHODS if key in METHODS[m].defaults]
+            raise CliError(f"{_SHARED_FLAGS[key]} applies to none of the chosen methods ({', '.join(methods)}); "
+                           f"{', '.join(takers)} take it")
+    for item in args.option:
+        name, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not dot or not eq or not key:
+            raise CliError(f"--option takes METHOD.KEY=VALUE (e.g. ftbc-layer.alpha=0.1), got {item!r}")
+        opts.setdefault(name, {})[key] = None if value.lower() == "none" else value
+    opts["seed"] = args.seed
+    return opts
+
+
+def _conversion(args: argparse.Namespace) -> dict:
+    v0 = args.v0 if args.v0 in ("half", "zero") else _number(args.v0, "--v0")
+    return {"v0": v0, "thresholds": args.thresholds, "percentile": args.percentile,
+            "per_channel": args.per_channel_thresholds}
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError(f"{flag} takes half, zero or a number, got {text!r}") from None
 
 
 def _user_model(args: argparse.Namespace):
@@ -168,10 +219,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .experiment import ExperimentConfig, run_experiment
 
     model, card = _user_model(args)
+    methods = list(args.methods) + (["file"] if args.biases else [])
+    options = _method_options(args, methods)
+    if args.biases:
+        options.setdefault("file", {})["path"] = args.biases
     cfg = ExperimentConfig(
-        model=args.model or args.model_code, data_dir=args.data_dir, timesteps=max(args.timesteps), methods=tuple(args.methods),
-        limit=args.limit, batch_size=args.batch_size, device=_device(args.device),
-        method_options=_method_options(args),
+        model=args.model or args.model_code, data_dir=args.data_dir, timesteps=max(args.timesteps),
+        methods=tuple(methods), limit=args.limit, batch_size=args.batch_size, device=_device(args.device),
+        method_options=options, calib_images=args.calib_images, seed=args.seed, seeds=args.seeds,
+        **_conversion(args),
     )
     result = run_experiment(cfg, progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr), model=model,
                             card=card)
@@ -179,14 +235,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"model {result.model_name} on {result.data_description}")
     print(f"ANN accuracy: {result.ann_accuracy:.2f}%")
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    if len(result.seeds) > 1:
+        std = result.accuracy_std_table(args.timesteps)
+        print(f"std over the {len(result.seeds)} calibration draws (seeds {result.seeds[0]}..{result.seeds[-1]}):")
+        print(std.to_string(float_format=lambda v: f"{v:.2f}"))
+    from .calibration.base import nonconvergence
+
+    for m in result.methods:
+        warning = nonconvergence(result.reports[m].bias_change)
+        if warning:
+            print(f"warning: {m}: {warning}", file=sys.stderr)
     if args.json_out:
         from .checkpoint import atomic_write_bytes
 
-        rows = [{"method": m, "T": int(t), "accuracy": round(float(result.accuracy[m][t - 1]), 4)}
-                for m in result.methods for t in args.timesteps]
-        payload = {"model": result.model_name, "dataset": result.dataset, "n_images": result.n_images,
-                   "ann_accuracy": round(result.ann_accuracy, 4), "data": result.data_description,
-                   "method_options": result.method_options, "rows": rows}
+        payload = result.to_json_dict(args.timesteps)
+        payload["command"] = "ftbc " + shlex.join(args.argv)
         atomic_write_bytes(Path(args.json_out), (json.dumps(payload, indent=2) + "\n").encode())
     if args.csv_out:
         from .checkpoint import atomic_write_bytes
@@ -200,9 +263,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     model, card = _user_model(args)
     if model is not None and args.out is None:
         raise CliError("--model-code needs --out for the biases file")
+    options = _method_options(args, [args.method])
+    per_method = {k: v for k, v in options.items() if isinstance(v, dict)}
+    if set(per_method) - {args.method}:
+        raise CliError(f"--option for {sorted(set(per_method) - {args.method})[0]}, which is not --method {args.method}")
+    options = {**{k: v for k, v in options.items() if not isinstance(v, dict)}, **per_method.get(args.method, {})}
     path = calibrate_and_save(model if model is not None else args.model, card=card, data_dir=args.data_dir,
-                              timesteps=args.timesteps, method=args.method, options=_method_options(args),
-                              device=_device(args.device), out=args.out,
+                              timesteps=args.timesteps, method=args.method, options=options,
+                              device=_device(args.device), out=args.out, calib_images=args.calib_images,
+                              **_conversion(args),
                               progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}")
 

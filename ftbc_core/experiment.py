@@ -14,13 +14,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load as st_load_bytes
-from safetensors.torch import save as st_save_bytes
 from torch import nn
 
 from .assets import load_images, resolve_checkpoint
-from .calibration import CalibrationReport, get_method
-from .calibration.base import check_options
+from .biases import biases_to_bytes, conversion_fingerprint, weights_fingerprint
+from .calibration import METHODS, CalibrationReport, get_method
+from .calibration.base import resolve_options
+from .convert import activation_sites
 from .checkpoint import CheckpointError, ModelCard, atomic_write_bytes, load_checkpoint
 from .data import ImageArrays, balanced_indices, get_info, iterate_batches, to_tensor
 from .devices import check_device
@@ -31,7 +31,7 @@ from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, runni
 from .user_model import CUSTOM_ARCH
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibration_images", "simulate_dataset",
-           "calibrate_and_save", "load_biases", "prepare_model", "check_memory", "check_model_fits_data"]
+           "calibrate_and_save", "prepare_model", "check_memory", "check_model_fits_data"]
 
 Progress = Callable[[float, str], None]
 Log = Callable[[str], None]
@@ -56,6 +56,11 @@ class ExperimentConfig:
     record: bool = False
     record_images: int | None = None  # measure on the first N evaluation images only (None: all of them)
     seed: int = 0
+    seeds: int = 1  # calibration draws (seed, seed + 1, ...): accuracy is their mean, accuracy_std the spread
+    v0: str | float = "half"  # conversion: initial potential (half: θ/2, zero, or a fraction of θ)
+    thresholds: str = "auto"  # conversion: auto, lambda, max, percentile (θ of activations that do not fix it)
+    percentile: float = 99.9
+    per_channel: bool = False  # per-channel θ from statistics
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class ExperimentResult:
     measurements: dict[str, Measurements | None]
     method_options: dict[str, Any]
     seconds: dict[str, float]
+    accuracy_std: dict[str, np.ndarray] = field(default_factory=dict)  # over calibration draws; 0 if one draw
+    seeds: tuple[int, ...] = (0,)
 
     def truncated(self, timesteps: int) -> "ExperimentResult":
         """This result for a smaller T, read from the stored run (accuracy, biases and measurements are causal)."""
@@ -82,6 +89,7 @@ class ExperimentResult:
         reports = {m: replace(r, biases={k: v[:timesteps] for k, v in r.biases.items()})
                    for m, r in self.reports.items()}
         return replace(self, timesteps=timesteps, accuracy={m: a[:timesteps] for m, a in self.accuracy.items()},
+                       accuracy_std={m: a[:timesteps] for m, a in self.accuracy_std.items()},
                        reports=reports,
                        measurements={m: (x.truncated(timesteps) if x is not None else None)
                                      for m, x in self.measurements.items()})
@@ -92,11 +100,45 @@ class ExperimentResult:
         return pd.DataFrame({m: [float(self.accuracy[m][t - 1]) for t in ts] for m in self.methods},
                             index=pd.Index(ts, name="T"))
 
+    def accuracy_std_table(self, timesteps: list[int] | None = None) -> pd.DataFrame:
+        """Like :meth:`accuracy_table`, the std over the calibration draws (0 for methods run once)."""
+        ts = timesteps or list(range(1, self.timesteps + 1))
+        std = {m: self.accuracy_std.get(m, np.zeros(self.timesteps)) for m in self.methods}
+        return pd.DataFrame({m: [float(std[m][t - 1]) for t in ts] for m in self.methods},
+                            index=pd.Index(ts, name="T"))
+
+    def to_json_dict(self, timesteps: list[int] | None = None) -> dict[str, Any]:
+        """Plain JSON: accuracy (the mean over draws) and accuracy_std per method and T, latency, each method's
+        options and its convergence curve (mean |Δb| per calibration batch)."""
+        ts = timesteps or list(range(1, self.timesteps + 1))
+        std = {m: self.accuracy_std.get(m, np.zeros(self.timesteps)) for m in self.methods}
+        rows = [{"method": m, "T": int(t), "latency": int(t + self.reports[m].latency),
+                 "accuracy": round(float(self.accuracy[m][t - 1]), 4),
+                 "accuracy_std": round(float(std[m][t - 1]), 4)} for m in self.methods for t in ts]
+        methods = {m: {"options": {k: (v if isinstance(v, (int, float, str, type(None))) else str(v))
+                                   for k, v in self.reports[m].options.items()},
+                       "calibration_seconds": round(self.reports[m].seconds, 3),
+                       "bias_change": [round(float(c), 6) for c in self.reports[m].bias_change]}
+                   for m in self.methods}
+        return {"model": self.model_name, "dataset": self.dataset, "n_images": self.n_images,
+                "ann_accuracy": round(self.ann_accuracy, 4), "data": self.data_description,
+                "seeds": list(self.seeds), "method_options": _plain(self.method_options), "methods": methods,
+                "rows": rows}
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: method, T, accuracy (percent), latency (T + the method's extra steps)."""
         rows = [{"method": m, "T": t + 1, "accuracy": float(acc[t]), "latency": t + 1 + self.reports[m].latency}
                 for m, acc in self.accuracy.items() for t in range(len(acc))]
         return pd.DataFrame(rows)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of an options dict (file bytes become their size)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return value
 
 
 def calibration_images(data: ImageArrays, n: int, seed: int, num_classes: int) -> torch.Tensor:
@@ -137,17 +179,17 @@ def check_memory(ann: nn.Module, card: ModelCard, runs: list[tuple[int, int]],
                          f"{have / 2**30:.1f} GiB available: lower T or the (calibration) batch size")
 
 
-def _calibration_batch(method, options: dict[str, Any], calib_images: int) -> int | None:
-    """Images a bias method simulates at once during calibration (None for methods without calibration)."""
-    opts = method.options(options)
+def _calibration_batch(opts: dict[str, Any], calib_images: int) -> int | None:
+    """Images a method simulates at once during calibration (None for methods without calibration batches)."""
     return min(int(opts["batch_size"]), calib_images) if "batch_size" in opts else None
 
 
 def prepare_model(
-    model: str | nn.Module, card: ModelCard | None, device: torch.device, calib: torch.Tensor
+    model: str | nn.Module, card: ModelCard | None, device: torch.device, calib: torch.Tensor,
+    cfg: ExperimentConfig | None = None,
 ) -> tuple[nn.Module, ModelCard, SpikingNetwork]:
-    """Load the ANN (unless given) and convert it; thresholds that the activations do not fix (plain ReLU)
-    come from statistics on the ``calib`` images."""
+    """Load the ANN (unless given) and convert it with ``cfg``'s conversion options (v0, thresholds);
+    thresholds that the activations do not fix (plain ReLU) come from statistics on the ``calib`` images."""
     if isinstance(model, nn.Module):
         if card is None:
             raise ValueError("a model object needs its card")
@@ -156,7 +198,9 @@ def prepare_model(
         ann, card = load_checkpoint(resolve_checkpoint(model), device=device)
     check_model_fits_data(card)
     ann = ann.to(device).eval()
-    snn = to_snn(ann, images=calib.to(device))
+    conv = cfg or ExperimentConfig(model=card.name)
+    snn = to_snn(ann, images=calib.to(device), thresholds=conv.thresholds, percentile=conv.percentile,
+                 per_channel=conv.per_channel, v0=conv.v0)
     return ann, card, snn
 
 
@@ -225,11 +269,16 @@ def run_experiment(
     methods = [get_method(m) for m in cfg.methods]
     if not methods:
         raise ValueError("choose at least one method")
-    check_options({k: v for k, v in cfg.method_options.items() if v is not None})
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ValueError(f"a method is listed twice: {', '.join(cfg.methods)}")
+    options = resolve_options(cfg.methods, cfg.method_options)
+    options = {m.name: m.options(options[m.name]) for m in methods}  # defaults filled in, values checked
     if cfg.record_images is not None and cfg.record_images < 1:
         raise ValueError(f"the number of measured images must be >= 1, got {cfg.record_images}")
     if cfg.calib_images < 1 or cfg.batch_size < 1:
         raise ValueError(f"calib_images and batch_size must be >= 1, got {cfg.calib_images} and {cfg.batch_size}")
+    if not 1 <= cfg.seeds <= 100:
+        raise ValueError(f"the number of calibration draws (seeds) must be in 1..100, got {cfg.seeds}")
     device = check_device(cfg.device)
     report = progress or (lambda f, m: None)
     say = log or (lambda m: None)
@@ -241,9 +290,9 @@ def run_experiment(
         if card is None:
             raise ValueError("run_experiment(model=...) needs the model's card")
     check_model_fits_data(card)
-    latency = max((int(m.options(cfg.method_options).get("rho", 0)) for m in methods if m.name == "cos"), default=0)
+    latency = max((int(options[m.name].get("rho", 0)) for m in methods), default=0)
     runs = [(timesteps + latency, min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // (timesteps + latency))))]
-    runs += [(timesteps, b) for m in methods if (b := _calibration_batch(m, cfg.method_options, cfg.calib_images))]
+    runs += [(timesteps, b) for m in methods if (b := _calibration_batch(options[m.name], cfg.calib_images))]
     check_memory(ann, card, runs)
     info = get_info(card.dataset)
     report(0.0, "loading data")
@@ -257,57 +306,59 @@ def run_experiment(
             test_desc = f"first {cfg.limit} images of the {test_desc}"
     if cfg.data_dir is None:
         say(f"no --data-dir: using the {test_desc} and the {calib_desc}")
-    calib = calibration_images(train_data, cfg.calib_images, cfg.seed, info.num_classes).to(device)
-    ann, card, snn = prepare_model(ann, card, device, calib)
+    seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
+    calib = calibration_images(train_data, cfg.calib_images, seeds[0], info.num_classes).to(device)
+    ann, card, snn = prepare_model(ann, card, device, calib, cfg)
+    # θ from statistics depends on the calibration draw too: then every method is repeated per draw
+    drawn_theta = any(site.spec.theta is None for site in activation_sites(ann)[1]) and cfg.thresholds != "lambda"
+    drawn_theta = drawn_theta or cfg.thresholds in ("max", "percentile")
 
     from .evaluate import ann_accuracy  # local: tiny module, avoids a cycle in type checkers
 
     ann_acc = ann_accuracy(ann, test_data, cfg.batch_size)
-    accuracy, reports, measurements, seconds = {}, {}, {}, {}
+    accuracy, accuracy_std, reports, measurements, seconds = {}, {}, {}, {}, {}
     n = len(methods)
-    for i, method in enumerate(methods):
-        def sub(lo: float, hi: float, prefix: str) -> Progress:
-            return lambda f, m: report((i + lo + (hi - lo) * f) / n, f"{prefix}{m}")
+    draws = {seeds[0]: (calib, snn)}
 
-        opts = dict(cfg.method_options)
-        opts.setdefault("seed", cfg.seed)
-        net, rep = method.calibrate(snn, ann, calib, timesteps, opts, sub(0.0, 0.3, f"[{method.name}] "))
-        start = time.perf_counter()
-        acc, meas = simulate_dataset(net, ann, test_data, timesteps, batch_size=cfg.batch_size, record=cfg.record,
-                                     record_images=cfg.record_images, progress=sub(0.3, 1.0, f"[{method.name}] "))
-        seconds[method.name] = time.perf_counter() - start
-        accuracy[method.name], reports[method.name], measurements[method.name] = acc, rep, meas
-        say(f"{method.name}: calibrated in {rep.seconds:.1f} s, simulated in {seconds[method.name]:.1f} s; "
-            f"accuracy at T={timesteps}: {acc[-1]:.2f}%")
+    def draw(seed: int) -> tuple[torch.Tensor, SpikingNetwork]:
+        """The calibration images of one draw, and the SNN converted with them when θ depends on them."""
+        if seed not in draws:
+            images = calibration_images(train_data, cfg.calib_images, seed, info.num_classes).to(device)
+            draws[seed] = (images, prepare_model(ann, card, device, images, cfg)[2] if drawn_theta else snn)
+        return draws[seed]
+
+    for i, method in enumerate(methods):
+        repeat = seeds if (drawn_theta or "seed" in method.defaults) else seeds[:1]
+        runs_acc = []
+        for k, seed in enumerate(repeat):
+            def sub(lo: float, hi: float, prefix: str) -> Progress:
+                span = (hi - lo) / len(repeat)
+                return lambda f, m: report((i + lo + span * (k + f)) / n, f"{prefix}{m}")
+
+            prefix = f"[{method.name}{f' seed {seed}' if len(repeat) > 1 else ''}] "
+            images, converted = draw(seed)
+            opts = {**options[method.name], **({"seed": seed} if "seed" in method.defaults else {})}
+            net, rep = method.calibrate(converted, ann, images, timesteps, opts, sub(0.0, 0.3, prefix))
+            start = time.perf_counter()
+            acc, meas = simulate_dataset(net, ann, test_data, timesteps, batch_size=cfg.batch_size,
+                                         record=cfg.record and k == 0, record_images=cfg.record_images,
+                                         progress=sub(0.3, 1.0, prefix))
+            runs_acc.append(acc)
+            if k == 0:  # the first draw's calibration and measurements are the ones shown
+                seconds[method.name], reports[method.name], measurements[method.name] = \
+                    time.perf_counter() - start, rep, meas
+        stacked = np.stack(runs_acc)
+        accuracy[method.name] = stacked.mean(0)
+        accuracy_std[method.name] = stacked.std(0, ddof=1) if len(runs_acc) > 1 else np.zeros(timesteps)
+        spread = f" ± {accuracy_std[method.name][-1]:.2f} over {len(runs_acc)} draws" if len(runs_acc) > 1 else ""
+        say(f"{method.name}: calibrated in {reports[method.name].seconds:.1f} s, simulated in "
+            f"{seconds[method.name]:.1f} s; accuracy at T={timesteps}: {accuracy[method.name][-1]:.2f}%{spread}")
     report(1.0, "done")
     return ExperimentResult(
         model_name=card.name, dataset=card.dataset, data_description=test_desc, n_images=len(test_data),
         timesteps=timesteps, ann_accuracy=ann_acc, methods=tuple(m.name for m in methods), accuracy=accuracy,
-        reports=reports, measurements=measurements, method_options=dict(cfg.method_options), seconds=seconds)
-
-
-def biases_to_bytes(net: SpikingNetwork, metadata: dict[str, str]) -> bytes:
-    """The FTBC biases of ``net`` as a safetensors file (``{layer: [T, C]}``) with string metadata."""
-    tensors = {name: neuron.bias.detach().cpu().contiguous() for name, neuron in zip(net.layer_names, net.neurons)}
-    return st_save_bytes(tensors, metadata=metadata)
-
-
-def load_biases(net: SpikingNetwork, source: str | Path | bytes) -> dict[str, str]:
-    """Set ``net``'s biases from a file written by :func:`calibrate_and_save`; returns its metadata."""
-    data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-    try:
-        tensors = st_load_bytes(bytes(data))
-    except Exception as err:  # safetensors raises several types for garbage input
-        raise CheckpointError(f"not a bias file ({str(err).splitlines()[0]})") from None
-    if sorted(tensors) != sorted(net.layer_names):
-        raise CheckpointError("the bias file's layers do not match this model")
-    for name, neuron in zip(net.layer_names, net.neurons):
-        bias = tensors[name].float()
-        if bias.dim() != 2 or not torch.isfinite(bias).all():
-            raise CheckpointError(f"bias of layer {name!r} is malformed or not finite")
-        neuron.set_bias(bias)
-    header_len = int.from_bytes(bytes(data[:8]), "little")
-    return json.loads(bytes(data[8 : 8 + header_len])).get("__metadata__", {})
+        reports=reports, measurements=measurements, method_options=dict(cfg.method_options), seconds=seconds,
+        accuracy_std=accuracy_std, seeds=seeds)
 
 
 def calibrate_and_save(
@@ -321,15 +372,21 @@ def calibrate_and_save(
     device: str = "cpu",
     out: str | None = None,
     calib_images: int = 1024,
+    v0: str | float = "half",
+    thresholds: str = "auto",
+    percentile: float = 99.9,
+    per_channel: bool = False,
     progress: Progress | None = None,
     log: Log | None = None,
 ) -> Path:
-    """``ftbc calibrate``: fit a bias method and write the biases next to the model (atomically)."""
+    """``ftbc calibrate``: fit a bias method and write the biases next to the model (atomically), with what
+    ``ftbc evaluate --biases`` checks before using them (weights, thresholds and v0 fingerprints, T)."""
     timesteps = check_timesteps(timesteps)
     chosen = get_method(method)
-    if chosen.name not in ("ftbc", "ftbc-exact", "ftbc-layer"):
-        raise ValueError(f"{method!r} fits no biases; choose ftbc, ftbc-exact or ftbc-layer")
-    check_options({k: v for k, v in (options or {}).items() if v is not None})
+    fitting = [m.name for m in METHODS.values() if m.fits_biases]
+    if not chosen.fits_biases:
+        raise ValueError(f"{method!r} fits no biases; choose one of {', '.join(fitting)}")
+    options = chosen.options(options)
     if calib_images < 1:
         raise ValueError(f"calib_images must be >= 1, got {calib_images}")
     dev = check_device(device)
@@ -341,17 +398,21 @@ def calibrate_and_save(
         path = resolve_checkpoint(model)
         ann, card = load_checkpoint(path, device=dev)
     check_model_fits_data(card)
-    check_memory(ann, card, [(timesteps, _calibration_batch(chosen, options or {}, calib_images))])
+    check_memory(ann, card, [(timesteps, _calibration_batch(options, calib_images))])
     train_data, desc = load_images(card.dataset, "train", data_dir)
     if log:
         log(f"calibrating {card.name} with {method} on the {desc}")
-    calib = calibration_images(train_data, calib_images, (options or {}).get("seed", 0),
+    calib = calibration_images(train_data, calib_images, options.get("seed", 0),
                                get_info(card.dataset).num_classes).to(dev)
-    ann, card, snn = prepare_model(ann, card, dev, calib)
+    conversion = ExperimentConfig(model=card.name, v0=v0, thresholds=thresholds, percentile=percentile,
+                                  per_channel=per_channel)
+    ann, card, snn = prepare_model(ann, card, dev, calib, conversion)
     net, rep = chosen.calibrate(snn, ann, calib, timesteps, options, progress)
     target = Path(out) if out else path.with_name(f"{path.stem}.{method}-T{timesteps}.safetensors")
     meta = {"model": card.name, "method": method, "timesteps": str(timesteps),
             "options": json.dumps(rep.options), "calibration_images": desc,
-            "seconds": f"{rep.seconds:.3f}"}
+            "seconds": f"{rep.seconds:.3f}", "weights_sha256": weights_fingerprint(ann),
+            "conversion_sha256": conversion_fingerprint(snn),
+            "bias_change": json.dumps([round(c, 6) for c in rep.bias_change])}
     atomic_write_bytes(target, biases_to_bytes(net, meta))
     return target

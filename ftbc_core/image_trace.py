@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .calibration import CalibrationReport, CosNetwork
-from .calibration.base import copy_snn
+from .calibration import CalibrationReport, get_method
 from .neuron import IFNeuron
 from .snn import SpikingNetwork, check_timesteps, running_mean
 
@@ -96,15 +95,6 @@ def trace_image(
 
 
 def network_from_report(snn: SpikingNetwork, report: CalibrationReport) -> SpikingNetwork:
-    """Rebuild a method's network from the uncorrected ``snn`` and the method's report (no recalibration).
-
-    Bias methods get their stored ``[T, C]`` biases back; a method with latency (COS) gets its ρ
-    pre-simulation steps. The given ``snn`` is not modified.
-    """
-    new = copy_snn(snn)
-    if report.latency > 0:
-        new = CosNetwork(new, report.latency)
-    for name, neuron in zip(new.layer_names, new.neurons):
-        if name in report.biases:
-            neuron.set_bias(torch.from_numpy(np.asarray(report.biases[name], dtype=np.float32)))
-    return new
+    """Rebuild a method's network from the uncorrected ``snn`` and the method's report (no recalibration):
+    each method knows how (:meth:`~ftbc_core.calibration.CalibrationMethod.rebuild`). ``snn`` is not modified."""
+    return get_method(report.method).rebuild(snn, report)

@@ -76,7 +76,7 @@ def test_evaluate_without_data_dir_uses_the_bundled_sample(tmp_path, capsys):
 def test_calibrate_writes_biases_next_to_the_model(tmp_path, capsys):
     from ftbc_core.assets import resolve_checkpoint
     from ftbc_core.checkpoint import load_checkpoint
-    from ftbc_core.experiment import load_biases
+    from ftbc_core.biases import apply_biases, read_biases
     from ftbc_core.snn import to_snn
 
     out = tmp_path / "b.safetensors"
@@ -85,7 +85,8 @@ def test_calibrate_writes_biases_next_to_the_model(tmp_path, capsys):
     assert code == 0
     ann, _ = load_checkpoint(resolve_checkpoint("cnn-mnist"))
     snn = to_snn(ann)
-    meta = load_biases(snn, out)
+    tensors, meta = read_biases(out)
+    apply_biases(snn, tensors, 4, (1, 28, 28))
     assert meta["method"] == "ftbc" and meta["timesteps"] == "4"
     assert all(n.bias.shape[0] == 4 for n in snn.neurons)
 

@@ -41,16 +41,23 @@ def _spike_frames(net: SpikingNetwork, x: torch.Tensor, steps: int) -> tuple[tor
     return out, {n: torch.stack(v) for n, v in seen.items()}
 
 
-def _two_layer_ann(seed: int = 5) -> nn.Module:
-    """conv -> QCFS -> linear -> QCFS -> linear on 1x6x6 images: two IF layers after conversion (weights scaled so
-    that COS shifts neurons both ways)."""
+def _small_ann(seed: int = 5) -> nn.Module:
+    """conv -> QCFS -> linear -> QCFS -> linear -> QCFS -> linear on 1x6x6 images: three IF layers after
+    conversion (weights scaled so that COS shifts neurons both ways).
+
+    Three, not two: the first IF layer gets the same current at every step, and such a neuron is never moved by
+    COS in a way that changes its spikes (z < θ keeps the residual in [0, θ), z >= θ fires at every step anyway).
+    The second layer's shifts change its spikes, so the third layer tells a replay of the *calibrated* upstream
+    frames from a pre-simulation on the upstream's uncorrected pre-steps.
+    """
     torch.manual_seed(seed)
     ann = nn.Sequential(nn.Conv2d(1, 4, 3), QCFS(4, 1.0), nn.Flatten(), nn.Linear(64, 16), QCFS(4, 1.5),
-                        nn.Linear(16, 5))
+                        nn.Linear(16, 12), QCFS(4, 1.0), nn.Linear(12, 5))
     with torch.no_grad():
         ann[0].weight.mul_(3.0)
         ann[3].weight.mul_(5.0)
         ann[3].bias.add_(0.2)
+        ann[5].weight.mul_(4.0)
     return ann.eval()
 
 
@@ -136,32 +143,35 @@ def test_replay_equals_a_step_by_step_reference(rho, steps):
     # Claim: ``cos`` is the published replay: layer by layer, ρ pre-steps on the first ρ frames of the calibrated
     # upstream sequence from θ/2, the shift, then the T steps on the same frames from the shifted start. The
     # network emits each layer's ρ pre-step frames first (so ``simulate(x, ρ + T)[ρ:]`` is the counted output).
-    ann = _two_layer_ann()
+    ann = _small_ann()
     x = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=F64)
     snn = to_snn(ann, channels_last=False, fold_bn=False).to(F64)
     net, report = get_method("cos").calibrate(snn, ann, x.float(), steps, {"rho": rho})
     assert report.latency == rho and net.latency == rho
     out, frames = _spike_frames(net, x, rho + steps)
     names = net.layer_names
-    assert names == ["1", "4"]
-    conv, lin, head = (copy.deepcopy(ann[i]).double() for i in (0, 3, 5))
-    thetas = [float(ann[1].threshold.detach()), float(ann[4].threshold.detach())]
+    assert names == ["1", "4", "6"]
+    conv, lin1, lin2, head = (copy.deepcopy(ann[i]).double() for i in (0, 3, 5, 7))
+    thetas = [float(ann[i].threshold.detach()) for i in (1, 4, 6)]
+    reference, down, up = [], 0, 0
     with torch.no_grad():
-        z1 = conv(x).unsqueeze(0).expand(steps, *conv(x).shape)  # static input: every frame the same
-        pre1, s1, down1, up1 = _reference_replay(z1, thetas[0], rho)
-        z2 = torch.stack([lin(s.flatten(1)) for s in s1])
-        pre2, s2, down2, up2 = _reference_replay(z2, thetas[1], rho)
-        logits = torch.stack([head(s) for s in s2])
-    shifted_down = int(down1.sum() + down2.sum())
-    shifted_up = int(up1.sum() + up2.sum())
-    assert shifted_up > 0 and (shifted_down > 0 or rho == 1)  # both directions (after one pre-step, a neuron
-    # that fired has v = u − θ >= 0: no down shift is possible with ρ = 1)
-    for name, pre, counted in ((names[0], pre1, s1), (names[1], pre2, s2)):
+        z = conv(x).unsqueeze(0).expand(steps, 32, 4, 4, 4)  # static input: every frame the same
+        for layer, theta in enumerate(thetas):
+            pre, counted, d, u = _reference_replay(z, theta, rho)
+            reference.append((pre, counted))
+            down, up = down + int(d.sum()), up + int(u.sum())
+            nxt = lin1 if layer == 0 else lin2 if layer == 1 else head
+            z = torch.stack([nxt(s.flatten(1)) for s in counted])
+        logits = z
+    assert up > 0 and (down > 0 or rho == 1)  # both directions (after one pre-step, a neuron that fired has
+    # v = u − θ >= 0: no down shift is possible with ρ = 1)
+    for name, (pre, counted) in zip(names, reference):
         assert_close(frames[name][rho:], counted, rtol=0, atol=0)  # exact spikes
         assert_close(frames[name][:rho], pre, rtol=0, atol=0)
     assert_close(out[rho:], logits, rtol=1e-12, atol=1e-12)
     with torch.no_grad():
         assert_close(net(x, steps), running_mean(logits), rtol=1e-12, atol=1e-12)
+    s2 = reference[1][1]
     # ... and the shifts change what the uncorrected network would fire
     plain = to_snn(ann, channels_last=False, fold_bn=False).to(F64)
     _, plain_frames = _spike_frames(plain, x, steps)
@@ -171,7 +181,7 @@ def test_replay_equals_a_step_by_step_reference(rho, steps):
 def test_replay_is_causal_from_rho_steps_on():
     # Claim: counted step t depends on the input frames up to max(t, ρ): a run to T' >= ρ equals the first T'
     # steps of a longer run (spikes exactly), so results at every T' >= ρ come from one run.
-    ann = _two_layer_ann(5)
+    ann = _small_ann(5)
     x = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(2))
     rho, steps = 3, 7
     net, _ = get_method("cos").calibrate(to_snn(ann), ann, x, steps, {"rho": rho})
@@ -256,3 +266,24 @@ def test_both_variants_are_registered_and_described():
     assert METHODS["cos"].defaults == {"rho": 4} and METHODS["cos-causal"].defaults == {"rho": 4}
     assert "lock-step" in METHODS["cos-causal"].description and "published" in METHODS["cos-causal"].description
     assert METHODS["cos"].label != METHODS["cos-causal"].label
+
+
+def test_recorder_measures_the_counted_steps_of_the_replay(tiny_cnn, mnist_like):
+    # Claim: with latency = ρ and the pre-steps emitted first, the Recorder (which drops the first ``latency``
+    # step indices) measures exactly the T counted spikes of every layer.
+    from ftbc_core.measure import Recorder
+
+    rho, steps = 3, 4
+    net, _ = get_method("cos").calibrate(to_snn(tiny_cnn), tiny_cnn, mnist_like, steps, {"rho": rho})
+    x = mnist_like[:6]
+    _, frames = _spike_frames(net, x, rho + steps)
+    with Recorder(net, tiny_cnn, steps) as rec:
+        rec.observe_ann(x)
+        with torch.no_grad():
+            net.simulate(x, steps + net.latency)
+    measured = rec.result()
+    for name, neuron in zip(net.layer_names, net.neurons):
+        counted = frames[name][rho:] / channel_view(neuron.theta, frames[name].dim() - 1)
+        want = counted.flatten(1).double().mean(1)  # fraction of neurons firing at each counted step
+        assert measured.spike_rate[name].shape == (steps,)
+        assert_close(torch.from_numpy(measured.spike_rate[name]), want, rtol=0, atol=1e-12)

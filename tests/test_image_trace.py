@@ -73,8 +73,9 @@ def test_trace_image_skips_cos_pre_steps(tiny_cnn, snn, mnist_like):
 
 def test_network_from_report_reproduces_the_calibrated_network(tiny_cnn, snn, mnist_like):
     opts = {"alpha": 0.2, "batches": 2, "batch_size": 16}
-    for method in ("ftbc", "ftbc-layer", "cos", "none"):
-        net, report = get_method(method).calibrate(snn, tiny_cnn, mnist_like, 5, opts)
+    for method in ("ftbc", "ftbc-layer", "cos", "cos-causal", "none"):
+        own = {k: v for k, v in opts.items() if k in get_method(method).defaults}
+        net, report = get_method(method).calibrate(snn, tiny_cnn, mnist_like, 5, own)
         rebuilt = network_from_report(snn, report)
         assert rebuilt.latency == net.latency
         torch.testing.assert_close(rebuilt(mnist_like[:8], 5), net(mnist_like[:8], 5), rtol=0, atol=0)

@@ -118,8 +118,8 @@ def cos_shifted_start(v0: torch.Tensor, residual: torch.Tensor, fired: torch.Ten
     one = torch.ones((), dtype=v0.dtype, device=v0.device)
     down = torch.maximum(one, min_spike_u / theta - DOWN_MARGIN) * theta
     up = torch.maximum(one, UP_MARGIN - max_quiet_u / theta) * theta
-    start = torch.where(fired & (residual < 0), v0 + down, v0)
-    return torch.where(residual >= theta, v0 - up, start)
+    start = torch.where(fired & (residual < 0), v0 - down, v0)
+    return torch.where(residual >= theta, v0 + up, start)
 
 
 class CosReplayNeuron(IFNeuron):
@@ -256,6 +256,9 @@ class COS(CalibrationMethod):
         net = CosNetwork(copy_snn(snn), opts["rho"])
         return net, CalibrationReport(self.name, opts, time.perf_counter() - start, 0, latency=opts["rho"])
 
+    def rebuild(self, snn, report):
+        return CosNetwork(copy_snn(snn), report.latency)
+
 
 @register
 class COSCausal(CalibrationMethod):
@@ -273,3 +276,6 @@ class COSCausal(CalibrationMethod):
         start = time.perf_counter()
         net = CosCausalNetwork(copy_snn(snn), opts["rho"])
         return net, CalibrationReport(self.name, opts, time.perf_counter() - start, 0, latency=opts["rho"])
+
+    def rebuild(self, snn, report):
+        return CosCausalNetwork(copy_snn(snn), report.latency)

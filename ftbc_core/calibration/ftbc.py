@@ -159,7 +159,7 @@ class FtbcRootRule:
         def error(b: torch.Tensor) -> torch.Tensor:
             torch.sub(vz, channel_view(b, vz.dim()), out=out)
             torch.ge(out, theta_v, out=out)
-            mean = out.sum(dims, dtype=torch.float64).div_(n).to(vz.dtype) * theta
+            mean = out.sum(dims).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24 neurons per channel
             return (mean.mean().view(1) if self.layerwise else mean) - self.target
 
         return error
@@ -297,6 +297,7 @@ def fit_biases(
 
 
 class _FtbcBase(CalibrationMethod):
+    fits_biases = True
     mode = "alpha"
     layerwise = False
 

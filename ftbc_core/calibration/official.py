@@ -42,7 +42,8 @@ Choices where the script does not carry over:
   not from an augmented training loader.
 * The ANN activation is clipped to ``[0, θ]`` like every target in this project; for QCFS (θ = λ) that changes
   nothing, for a plain ReLU network (which the script does not handle) it is what an IF layer can express.
-* Biases are a ``[T, C]`` buffer per layer (set with :meth:`IFNeuron.set_bias`): the script's Python list
+* Biases are a ``[T, C]`` buffer per layer, fitted in the network's precision and stored as float32 with
+  :meth:`IFNeuron.set_bias` at the end (like every bias method here): the script's Python list
   ``[zeros(C)] * T`` is only ever replaced element by element, never updated in place, so its aliasing does
   not change its numbers.
 * The deployed network is this project's IF neuron, ``u = (v + z) − b`` (the script computes ``(v − b) + z``:
@@ -187,7 +188,7 @@ def fit_official_script(
     if [site.name for site in activation_sites(ann)[1]] != names:
         raise ValueError("the ANN and the SNN do not pair up layer by layer (was the SNN converted from this ANN?)")
     thetas = {n: neuron.theta for n, neuron in zip(names, neurons)}
-    for neuron in neurons:
+    for neuron in neurons:  # fitted in the network's precision, stored as float32 at the end (set_bias)
         neuron.bias = torch.zeros(timesteps, neuron.theta.numel(), device=device, dtype=neuron.theta.dtype)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(images.shape[0], generator=gen)
@@ -221,6 +222,8 @@ def fit_official_script(
     if bad:
         raise ValueError(f"calibration gave NaN or infinite biases in layer {bad[0]!r} (the SNN's input currents "
                          "overflow float32?)")
+    for neuron in neurons:  # the project's bias buffer: [T, C] float32, like every bias method's
+        neuron.set_bias(neuron.bias)
     return new, tuple(changes), int(torch.cat(chosen).unique().numel())
 
 
@@ -228,6 +231,7 @@ def fit_official_script(
 class FTBCOfficial(CalibrationMethod):
     name = "ftbc-official"
     label = "FTBC (official script)"
+    fits_biases = True
     description = ("The published FTBC script's rule, not a correct FTBC: each step's error is measured without the "
                    "layer's own bias and its state carried with a per-element correction the deployed neuron never "
                    "gets, so the bias grows with the number of batches (≈ N·α·error) instead of converging.")
