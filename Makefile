@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make/installed
 
-.PHONY: install app test test-fast clean browser-deps
+.PHONY: install app test test-fast clean browser-deps bench-deps
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -r requirements.txt
@@ -22,8 +22,12 @@ browser-deps:
 	fi
 	$(PIP) install selenium
 
-test: install browser-deps
-	$(PYTHON) -m pytest -q tests
+# The SpikingJelly agreement test runs in CI too (benchmarks/requirements.txt).
+bench-deps:
+	$(PIP) install -r benchmarks/requirements.txt
+
+test: install browser-deps bench-deps
+	CI=$${CI:-true} $(PYTHON) -m pytest -q tests
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow" tests

@@ -67,7 +67,8 @@ def test_snn_vs_spikingjelly_smoke(tmp_path):
         assert eq["float64_single"]["max_rel_diff"] < 1e-9
     speed = figures["throughput"]["3"]
     assert speed["ours"]["images_per_s"] > 0 and speed["ratio_ours_over_best_spikingjelly"] > 0
-    assert 0 <= speed["ours"]["accuracy"] <= 100
+    # the same network in both simulators: the same predictions on these images
+    assert speed["ours"]["accuracy"] == speed[speed["best_spikingjelly"]]["accuracy"]
 
 
 def test_calibration_cost_smoke(tmp_path):

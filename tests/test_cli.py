@@ -36,7 +36,8 @@ def test_train_then_evaluate_with_json(tiny_mnist_dir, tmp_path, capsys):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["arch"] == "cnn" and card["epochs"] == 2 and card["command"].startswith("ftbc train")
     assert card["notes"] == "a tiny test run" and isinstance(card["extra"]["bf16_autocast"], bool)
-    assert 0 <= card["ann_test_accuracy"] <= 100
+    # the labels are learnable (a bar whose row is the class): 2 epochs beat chance (10 %) by far
+    assert card["ann_test_accuracy"] >= 50, card["ann_test_accuracy"]
     assert (out.parent / "tiny.resume.pt").exists()
 
     result = tmp_path / "res.json"
@@ -48,7 +49,8 @@ def test_train_then_evaluate_with_json(tiny_mnist_dir, tmp_path, capsys):
     assert payload["n_images"] == 30 and payload["dataset"] == "mnist"
     assert {(r["method"], r["T"]) for r in payload["rows"]} == {(m, t) for m in ("none", "ftbc", "cos")
                                                                 for t in (1, 2, 4)}
-    assert all(0 <= r["accuracy"] <= 100 for r in payload["rows"])
+    best = max(r["accuracy"] for r in payload["rows"] if r["T"] == 4)
+    assert best >= 40, payload["rows"]
     printed = capsys.readouterr().out
     assert "ANN accuracy" in printed and "ftbc" in printed
 

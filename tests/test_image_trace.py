@@ -106,8 +106,11 @@ def test_if_neuron_with_constant_input_is_the_quantized_clamp(z):
     assert set(np.unique(tr.spikes)) <= {0.0, theta}
     parts = error_parts(z, theta, steps, 0.5, float(tr.rate[-1, 0]))
     assert parts["unevenness"] == pytest.approx(0.0, abs=1e-12)
-    assert parts["clipping"] + parts["quantization"] + parts["unevenness"] == pytest.approx(parts["total"])
+    # each part against its definition, computed here independently (their sum is an identity, not a check)
     assert parts["clipping"] == pytest.approx(max(z - theta, 0.0))
+    best = theta * min(max(np.floor(z * steps / theta + 0.5) / steps, 0.0), 1.0)  # what T steps from θ/2 can give
+    assert parts["quantization"] == pytest.approx(min(max(z, 0.0), theta) - best, abs=1e-12)
+    assert parts["total"] == pytest.approx(max(z, 0.0) - tr.rate[-1, 0], abs=1e-12)
 
 
 def test_if_neuron_bias_and_initial_potential():

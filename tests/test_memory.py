@@ -1,0 +1,41 @@
+"""The memory estimate that refuses runs too large for the machine, against the peak a real run reaches."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import gc, json, resource, sys, torch
+from ftbc_core.checkpoint import load_checkpoint
+from ftbc_core.memory import estimate_memory_bytes
+from ftbc_core.snn import to_snn
+torch.set_num_threads(1)
+steps, batch = int(sys.argv[1]), int(sys.argv[2])
+ann, _ = load_checkpoint("pretrained/resnet20-cifar10.safetensors")
+snn = to_snn(ann, max_batch_steps=steps * batch)  # one chunk: the whole run at once
+x = torch.rand(batch, 3, 32, 32)
+with torch.no_grad():
+    snn(x[:1], 1)  # allocator and kernels warmed up: the baseline
+gc.collect()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with torch.no_grad():
+    snn(x, steps)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"measured": peak - base, "estimate": estimate_memory_bytes(snn, (3, 32, 32), steps, batch)}))
+"""
+
+
+@pytest.mark.parametrize("steps, batch", [(64, 32), (8, 128)])
+def test_estimate_covers_the_measured_peak_without_overstating_it(steps, batch):
+    # a fresh process, so that its peak resident memory belongs to this simulation alone
+    out = subprocess.run([sys.executable, "-c", PROBE, str(steps), str(batch)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    measured, estimate = figures["measured"], figures["estimate"]
+    assert measured > 50 * 2**20  # the run is large enough to measure
+    assert measured <= estimate <= 4 * measured, figures  # safe, and not so cautious that it refuses fitting runs
