@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="evaluate on the first N test images only")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="calibration draws K (seeds SEED..SEED+K-1): accuracy is their mean, with the std beside it")
+    p.add_argument("--select", choices=["none", "auto"], default="none",
+                   help="auto: choose each method's options (its selection grid, e.g. FTBC's α and batches) by the "
+                        "mean accuracy on held-out TRAINING images, never the test split")
+    p.add_argument("--val-images", type=_positive_int, default=1000, help="--select auto: held-out training images")
+    p.add_argument("--select-max-t", type=_positive_int, default=16,
+                   help="--select auto: the held-out accuracy is averaged over t <= this")
     p.add_argument("--biases", help="also evaluate the biases in this file (written by ftbc calibrate), as method "
                    "'file'; refused if fitted for another model, conversion or a shorter T")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
@@ -227,6 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         model=args.model or args.model_code, data_dir=args.data_dir, timesteps=max(args.timesteps),
         methods=tuple(methods), limit=args.limit, batch_size=args.batch_size, device=_device(args.device),
         method_options=options, calib_images=args.calib_images, seed=args.seed, seeds=args.seeds,
+        select=args.select == "auto", val_images=args.val_images, select_max_t=args.select_max_t,
         **_conversion(args),
     )
     result = run_experiment(cfg, progress=_stderr_progress(), log=lambda m: print(m, file=sys.stderr), model=model,
@@ -245,13 +252,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         warning = nonconvergence(result.reports[m].bias_change)
         if warning:
             print(f"warning: {m}: {warning}", file=sys.stderr)
-    if args.json_out:
+    from . import distributed
+
+    if args.json_out and distributed.is_main():  # under torchrun rank 0 alone writes (the others stay quiet)
         from .checkpoint import atomic_write_bytes
 
         payload = result.to_json_dict(args.timesteps)
         payload["command"] = "ftbc " + shlex.join(args.argv)
+        payload["world_size"] = distributed.world_size()  # processes the images were split over
         atomic_write_bytes(Path(args.json_out), (json.dumps(payload, indent=2) + "\n").encode())
-    if args.csv_out:
+    if args.csv_out and distributed.is_main():
         from .checkpoint import atomic_write_bytes
 
         atomic_write_bytes(Path(args.csv_out), table.to_csv().encode())
@@ -325,14 +335,56 @@ def _stderr_progress():
     return report
 
 
+_DISTRIBUTED_COMMANDS = ("evaluate", "calibrate")
+
+
+def _check_before_launch(args: argparse.Namespace, world: int) -> None:
+    """Under torchrun: the option checks of ``evaluate``/``calibrate`` before the process group starts, so a bad
+    option stops every process at once (the same checks run again inside the command)."""
+    from . import distributed
+    from .calibration import get_method
+    from .calibration.base import resolve_options
+    from .snn import check_timesteps
+
+    if args.command == "evaluate":
+        methods = list(args.methods) + (["file"] if args.biases else [])
+        options = _method_options(args, methods)
+        if args.biases:
+            options.setdefault("file", {})["path"] = args.biases
+        given = resolve_options(methods, options)
+        resolved = {m: get_method(m).options(given[m]) for m in methods}
+        check_timesteps(max(args.timesteps))
+    else:
+        chosen = get_method(args.method)
+        options = _method_options(args, [args.method])
+        flat = {k: v for k, v in options.items() if not isinstance(v, dict)}
+        resolved = {args.method: chosen.options({**flat, **options.get(args.method, {})})}
+        check_timesteps(args.timesteps)
+    _conversion(args)
+    distributed.check_methods(list(resolved))
+    for opts in resolved.values():
+        if "batch_size" in opts:
+            distributed.check_calibration_batch(min(int(opts["batch_size"]), args.calib_images), world)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ftbc`` console script; returns the exit code."""
+    """Entry point of the ``ftbc`` console script; returns the exit code.
+
+    Under ``torchrun --nproc_per_node=N -m ftbc_core evaluate|calibrate ...`` (``WORLD_SIZE``, ``RANK``,
+    ``LOCAL_RANK`` in the environment) the options are checked first, then the process group starts (gloo on
+    the CPU, NCCL with ``--device cuda``: process r on ``cuda:LOCAL_RANK``) and is destroyed at the end; rank 0
+    alone prints and writes files. Any error is one line ``ftbc CMD: error: rank R: ...`` and a non-zero exit.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    import contextlib
+    import os
+
     import torch
 
+    from . import distributed
     from .checkpoint import CheckpointError
     from .data import DataError
 
@@ -340,14 +392,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "calibrate": _cmd_calibrate, "models": _cmd_models,
                 "import": _cmd_import}
+    where = ""
     try:
-        handlers[args.command](args)
+        launch = distributed.launch_info()
+        if launch is None:
+            handlers[args.command](args)
+        else:
+            where = f"rank {launch.rank}: "
+            if args.command not in _DISTRIBUTED_COMMANDS:
+                if launch.world_size > 1:
+                    raise CliError(f"only {' and '.join(_DISTRIBUTED_COMMANDS)} run under torchrun; run "
+                                   f"`ftbc {args.command}` as one process")
+                handlers[args.command](args)
+                return 0
+            _check_before_launch(args, launch.world_size)
+            args.device = distributed.rank_device(_device(args.device), launch)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(distributed.process_group(args.device, launch))
+                if launch.rank != 0:  # the others stay quiet: rank 0 prints (errors still reach stderr below)
+                    devnull = stack.enter_context(open(os.devnull, "w"))
+                    stack.enter_context(contextlib.redirect_stdout(devnull))
+                    stack.enter_context(contextlib.redirect_stderr(devnull))
+                handlers[args.command](args)
     except (CheckpointError, DataError, CliError, ValueError, OSError) as err:  # OSError: e.g. an unwritable --out
-        print(f"ftbc {args.command}: error: {err}", file=sys.stderr)
+        print(f"ftbc {args.command}: error: {where}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ftbc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001  under torchrun: one line and an exit, so the others stop too
+        if not where:
+            raise
+        kind = "" if isinstance(err, distributed.DistributedError) else f"{type(err).__name__}: "
+        print(f"ftbc {args.command}: error: {where}{kind}{err}".splitlines()[0], file=sys.stderr)
+        return 1
     return 0
 
 

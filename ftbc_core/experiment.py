@@ -23,8 +23,10 @@ from .calibration.base import resolve_options
 from .convert import activation_sites
 from .checkpoint import CheckpointError, ModelCard, atomic_write_bytes, load_checkpoint
 from .data import ImageArrays, balanced_indices, get_info, iterate_batches, to_tensor
+from . import distributed as dist
 from .devices import check_device
 from .memory import available_memory_bytes, estimate_memory_bytes
+from .selection import Trial, select_options, split_held_out
 from .measure import Measurements, Recorder
 from .models import check_input_shape
 from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, running_mean, to_snn
@@ -61,6 +63,9 @@ class ExperimentConfig:
     thresholds: str = "auto"  # conversion: auto, lambda, max, percentile (θ of activations that do not fix it)
     percentile: float = 99.9
     per_channel: bool = False  # per-channel θ from statistics
+    select: bool = False  # choose each method's options on held-out training images (selection.py)
+    val_images: int = 1000  # held out of the training split for the selection
+    select_max_t: int = 16  # held-out accuracy averaged over t <= this
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class ExperimentResult:
     seconds: dict[str, float]
     accuracy_std: dict[str, np.ndarray] = field(default_factory=dict)  # over calibration draws; 0 if one draw
     seeds: tuple[int, ...] = (0,)
+    selection: dict[str, tuple[Trial, ...]] = field(default_factory=dict)  # --select auto: the options tried
 
     def truncated(self, timesteps: int) -> "ExperimentResult":
         """This result for a smaller T, read from the stored run (accuracy, biases and measurements are causal)."""
@@ -123,6 +129,8 @@ class ExperimentResult:
         return {"model": self.model_name, "dataset": self.dataset, "n_images": self.n_images,
                 "ann_accuracy": round(self.ann_accuracy, 4), "data": self.data_description,
                 "seeds": list(self.seeds), "method_options": _plain(self.method_options), "methods": methods,
+                "selection": {m: [{"options": t.options, "held_out_accuracy": round(t.score, 4)} for t in trials]
+                              for m, trials in self.selection.items()},
                 "rows": rows}
 
     def to_frame(self) -> pd.DataFrame:
@@ -222,32 +230,44 @@ def simulate_dataset(
     Args:
         record_images: measure on the first N images only (rounded up to whole simulation chunks; the accuracy
             still uses every image). ``Measurements.n_images`` says how many were measured.
+
+    Images are simulated in chunks of ``min(batch_size, 128 // T)`` on the CPU and, on a GPU, of as many
+    image-steps as fit its memory budget (:func:`~ftbc_core.distributed.device_max_batch_steps`; ``batch_size``
+    does not bound it there), without TF32. Under torchrun (:mod:`ftbc_core.distributed`) each process simulates
+    its shard of ``data`` and the correct counts are summed over processes, so the accuracy is over every image;
+    measurements are then taken on rank 0's shard only (the others return None).
     """
     timesteps = check_timesteps(timesteps)
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     device = next(net.parameters()).device
     total_steps = timesteps + net.latency
-    chunk = min(batch_size, net.chunk_size(total_steps))
-    correct = torch.zeros(timesteps, dtype=torch.long)
+    if device.type == "cuda":
+        shape = tuple(to_tensor(data.x[0:1]).shape[1:])
+        chunk = net.chunk_size(total_steps, dist.device_max_batch_steps(ann, shape, device))
+    else:
+        chunk = min(batch_size, net.chunk_size(total_steps))
+    correct = torch.zeros(timesteps, dtype=torch.long, device=device)  # on the device: one copy at the end
     if record_images is not None and record_images < 1:
         raise ValueError(f"the number of measured images must be >= 1, got {record_images}")
-    recorder = Recorder(net, ann, timesteps) if record else None
+    part = dist.shard_of(data)  # this process's images (all of them in a single process)
+    recorder = Recorder(net, ann, timesteps) if record and dist.is_main() else None
     done = 0
-    with contextlib.ExitStack() as hooks:
+    with dist.exact_float32(), contextlib.ExitStack() as hooks:
         if recorder is not None:
             hooks.enter_context(recorder)
-        for x, y in iterate_batches(data, chunk):
-            x = x.to(device)
+        for x, y in iterate_batches(part, chunk):
+            x, y = dist.to_device(x, device), dist.to_device(y, device)
             if recorder is not None and (record_images is None or done < record_images):
                 recorder.observe_ann(x)
             else:
                 hooks.close()  # enough images measured: the remaining batches run without hooks
             out = running_mean(net.simulate(x, total_steps)[net.latency :])
-            correct += (out.argmax(-1).cpu() == y.view(1, -1)).sum(1)
+            correct += (out.argmax(-1) == y.view(1, -1)).sum(1)
             done += len(y)
             if progress:
-                progress(done / len(data), f"{label}simulating T={timesteps}: {done}/{len(data)} images")
+                progress(done / len(part), f"{label}simulating T={timesteps}: {done}/{len(part)} images")
+    correct = dist.all_reduce_sum(correct).cpu()
     accuracy = (100.0 * correct.double() / len(data)).numpy()
     return accuracy, recorder.result() if recorder is not None else None
 
@@ -264,15 +284,32 @@ def run_experiment(
 
     Calibration images come from the training split (``data_dir``) or the bundled calibration sample;
     evaluation images from the test split or the bundled evaluation sample. The model is never modified.
+    Everything runs without TF32 (:func:`~ftbc_core.distributed.exact_float32`), so a GPU agrees with the CPU.
+    Under torchrun (:mod:`ftbc_core.distributed`) the evaluation images are sharded over the processes and the
+    calibration batches split; the accuracies are over every image, the measurements over rank 0's shard.
     """
+    with dist.exact_float32():
+        return _run_experiment(cfg, progress=progress, log=log, model=model, card=card)
+
+
+def _run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    progress: Progress | None = None,
+    log: Log | None = None,
+    model: nn.Module | None = None,
+    card: ModelCard | None = None,
+) -> ExperimentResult:
+    """:func:`run_experiment`, with TF32 already off."""
     timesteps = check_timesteps(cfg.timesteps)
     methods = [get_method(m) for m in cfg.methods]
     if not methods:
         raise ValueError("choose at least one method")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ValueError(f"a method is listed twice: {', '.join(cfg.methods)}")
-    options = resolve_options(cfg.methods, cfg.method_options)
-    options = {m.name: m.options(options[m.name]) for m in methods}  # defaults filled in, values checked
+    given = resolve_options(cfg.methods, cfg.method_options)
+    options = {m.name: m.options(given[m.name]) for m in methods}  # defaults filled in, values checked
+    dist.check_methods(cfg.methods)  # under torchrun: only methods whose calibration splits over processes
     if cfg.record_images is not None and cfg.record_images < 1:
         raise ValueError(f"the number of measured images must be >= 1, got {cfg.record_images}")
     if cfg.calib_images < 1 or cfg.batch_size < 1:
@@ -293,6 +330,8 @@ def run_experiment(
     latency = max((int(options[m.name].get("rho", 0)) for m in methods), default=0)
     runs = [(timesteps + latency, min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // (timesteps + latency))))]
     runs += [(timesteps, b) for m in methods if (b := _calibration_batch(options[m.name], cfg.calib_images))]
+    for _, b in runs[1:]:
+        dist.check_calibration_batch(b)  # under torchrun: every process gets part of every calibration batch
     check_memory(ann, card, runs)
     info = get_info(card.dataset)
     report(0.0, "loading data")
@@ -306,6 +345,11 @@ def run_experiment(
             test_desc = f"first {cfg.limit} images of the {test_desc}"
     if cfg.data_dir is None:
         say(f"no --data-dir: using the {test_desc} and the {calib_desc}")
+    held_out = None
+    if cfg.select:  # held-out images for choosing options; calibration draws from the rest
+        held_out, train_data = split_held_out(train_data, cfg.val_images, cfg.seed)
+        say(f"choosing options on {len(held_out)} held-out training images (mean accuracy over "
+            f"T <= {min(cfg.select_max_t, timesteps)}); calibrating on the other {len(train_data)}")
     seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
     calib = calibration_images(train_data, cfg.calib_images, seeds[0], info.num_classes).to(device)
     ann, card, snn = prepare_model(ann, card, device, calib, cfg)
@@ -315,7 +359,7 @@ def run_experiment(
 
     from .evaluate import ann_accuracy  # local: tiny module, avoids a cycle in type checkers
 
-    ann_acc = ann_accuracy(ann, test_data, cfg.batch_size)
+    ann_acc = dist.accuracy_over_shards(lambda part: ann_accuracy(ann, part, cfg.batch_size), test_data)
     accuracy, accuracy_std, reports, measurements, seconds = {}, {}, {}, {}, {}
     n = len(methods)
     draws = {seeds[0]: (calib, snn)}
@@ -327,9 +371,22 @@ def run_experiment(
             draws[seed] = (images, prepare_model(ann, card, device, images, cfg)[2] if drawn_theta else snn)
         return draws[seed]
 
+    selection: dict[str, tuple[Trial, ...]] = {}
     for i, method in enumerate(methods):
         repeat = seeds if (drawn_theta or "seed" in method.defaults) else seeds[:1]
         runs_acc = []
+        if held_out is not None and method.selection_grid:
+            report(i / n, f"[{method.name}] choosing options on held-out training images")
+            images, converted = draw(seeds[0])
+            user_set = {k: v for k, v in given[method.name].items() if k != "seed"}
+            chosen, trials = select_options(
+                method.name, converted, ann, images, held_out, timesteps, cfg.select_max_t,
+                lambda net, data, steps: simulate_dataset(net, ann, data, steps, batch_size=cfg.batch_size)[0],
+                fixed=user_set)
+            options[method.name] = method.options({**given[method.name], **chosen})
+            selection[method.name] = tuple(trials)
+            say(f"{method.name}: chose {chosen} (held-out mean {max(t.score for t in trials):.2f}% over "
+                f"{len(trials)} option sets)")
         for k, seed in enumerate(repeat):
             def sub(lo: float, hi: float, prefix: str) -> Progress:
                 span = (hi - lo) / len(repeat)
@@ -358,7 +415,7 @@ def run_experiment(
         model_name=card.name, dataset=card.dataset, data_description=test_desc, n_images=len(test_data),
         timesteps=timesteps, ann_accuracy=ann_acc, methods=tuple(m.name for m in methods), accuracy=accuracy,
         reports=reports, measurements=measurements, method_options=dict(cfg.method_options), seconds=seconds,
-        accuracy_std=accuracy_std, seeds=seeds)
+        accuracy_std=accuracy_std, seeds=seeds, selection=selection)
 
 
 def calibrate_and_save(
@@ -380,15 +437,21 @@ def calibrate_and_save(
     log: Log | None = None,
 ) -> Path:
     """``ftbc calibrate``: fit a bias method and write the biases next to the model (atomically), with what
-    ``ftbc evaluate --biases`` checks before using them (weights, thresholds and v0 fingerprints, T)."""
+    ``ftbc evaluate --biases`` checks before using them (weights, thresholds and v0 fingerprints, T).
+
+    Without TF32. Under torchrun every process calibrates on its slice of every calibration batch and fits the
+    same biases (the channel means are all-reduced, :mod:`ftbc_core.distributed`); rank 0 alone writes the file.
+    """
     timesteps = check_timesteps(timesteps)
     chosen = get_method(method)
     fitting = [m.name for m in METHODS.values() if m.fits_biases]
     if not chosen.fits_biases:
         raise ValueError(f"{method!r} fits no biases; choose one of {', '.join(fitting)}")
     options = chosen.options(options)
+    dist.check_methods([method])
     if calib_images < 1:
         raise ValueError(f"calib_images must be >= 1, got {calib_images}")
+    dist.check_calibration_batch(_calibration_batch(options, calib_images))
     dev = check_device(device)
     if isinstance(model, nn.Module):
         if card is None or out is None:
@@ -406,13 +469,16 @@ def calibrate_and_save(
                                get_info(card.dataset).num_classes).to(dev)
     conversion = ExperimentConfig(model=card.name, v0=v0, thresholds=thresholds, percentile=percentile,
                                   per_channel=per_channel)
-    ann, card, snn = prepare_model(ann, card, dev, calib, conversion)
-    net, rep = chosen.calibrate(snn, ann, calib, timesteps, options, progress)
+    with dist.exact_float32():
+        ann, card, snn = prepare_model(ann, card, dev, calib, conversion)
+        net, rep = chosen.calibrate(snn, ann, calib, timesteps, options, progress)
     target = Path(out) if out else path.with_name(f"{path.stem}.{method}-T{timesteps}.safetensors")
     meta = {"model": card.name, "method": method, "timesteps": str(timesteps),
             "options": json.dumps(rep.options), "calibration_images": desc,
             "seconds": f"{rep.seconds:.3f}", "weights_sha256": weights_fingerprint(ann),
             "conversion_sha256": conversion_fingerprint(snn),
-            "bias_change": json.dumps([round(c, 6) for c in rep.bias_change])}
-    atomic_write_bytes(target, biases_to_bytes(net, meta))
+            "bias_change": json.dumps([round(c, 6) for c in rep.bias_change]),
+            "world_size": str(dist.world_size())}
+    if dist.is_main():  # every process fitted the same biases: one writes them
+        atomic_write_bytes(target, biases_to_bytes(net, meta))
     return target

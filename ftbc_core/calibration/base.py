@@ -118,6 +118,8 @@ class CalibrationMethod:
     fits_biases: ClassVar[bool] = False
     #: offered in method lists (False for ``file``, which comes with a file: ``--biases``, the bias upload)
     selectable: ClassVar[bool] = True
+    #: the option sets ``--select auto`` tries on held-out training images (empty: nothing to choose)
+    selection_grid: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def option_specs(self) -> dict[str, OptionSpec]:
         """``{option: spec}`` of this method's options, in the order of ``defaults``."""
