@@ -11,14 +11,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-app: install
+app: install browser-deps  # Chromium also renders the PNG/SVG downloads (kaleido), offline
 	$(PYTHON) -m streamlit run dashboard/app.py
 
-# Debian's headless Chromium + driver for tests/test_browser.py (needs root; without it that test is skipped).
+# Debian's headless Chromium + driver: tests/test_browser.py, and the dashboard's PNG/SVG downloads through kaleido
+# (needs root; without it that test is skipped and the charts offer HTML downloads only).
 browser-deps:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		(apt-get update && apt-get install -y chromium chromium-driver) \
-		|| echo "could not install chromium/chromium-driver (not root?): the browser test will be skipped"; \
+		|| echo "could not install chromium/chromium-driver (not root?): the browser test will be skipped, no PNG/SVG"; \
 	fi
 	$(PIP) install selenium
 

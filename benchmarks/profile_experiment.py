@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.state import DEFAULTS  # noqa: E402
+from dashboard.sidebar import DEFAULTS  # noqa: E402
 from ftbc_core.experiment import ExperimentConfig, run_experiment  # noqa: E402
 
 

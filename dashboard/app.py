@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path; pages import `dashboard.*`
     sys.path.insert(0, str(ROOT))
 
-from dashboard import state  # noqa: E402
+from dashboard import runs, sidebar  # noqa: E402
 
 st.set_page_config(page_title="FTBC Explorer", page_icon=":material/bolt:", layout="wide")
 
@@ -27,9 +27,19 @@ PAGES = {
         st.Page("views/membrane.py", title="Membrane potentials", icon=":material/bar_chart:"),
         st.Page("views/one_image.py", title="One image", icon=":material/image:"),
     ],
-    "Teaching": [st.Page("views/neuron_lab.py", title="Neuron lab", icon=":material/science:")],
+    "Lecture": [
+        st.Page("views/walkthrough.py", title="Lecture walk-through", icon=":material/school:"),
+        st.Page("views/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
+        st.Page("views/neuron_lab.py", title="Neuron lab", icon=":material/science:"),
+    ],
 }
 
 page = st.navigation(PAGES)
-state.experiment_sidebar()  # on every page, so the form keeps its values while pages change
-page.run()
+sidebar.presenter_switch()
+shown = st.sidebar.container()  # filled after the page: a page may start runs (presets)
+sidebar.experiment_form()  # on every page, so the form keeps its values while pages change
+try:
+    page.run()
+finally:
+    sidebar.run_picker(shown)
+    runs.prefetch(runs.current_run())  # networks and per-image predictions, in the background

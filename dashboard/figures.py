@@ -215,17 +215,6 @@ def probability_figure(traces: dict[str, ImageTrace], true_class: int, class_nam
     return step_ticks(fig, max((tr.probabilities.shape[0] for tr in traces.values()), default=1))
 
 
-def raster_figure(trace: ImageTrace) -> go.Figure:
-    """Spike raster: a dot where a sampled neuron fired at step t."""
-    t_idx, n_idx = np.nonzero(trace.raster)
-    fig = go.Figure(go.Scattergl(x=t_idx + 1, y=n_idx, mode="markers", marker=dict(symbol="line-ns-open", size=9),
-                                 name="spike", hovertemplate="t=%{x}, neuron #%{y}<extra></extra>"))
-    fig.update_layout(title=f"{trace.layer}: spikes of {trace.raster.shape[1]} of {trace.layer_size} neurons",
-                      xaxis_title="time step t", yaxis_title="sampled neuron",
-                      xaxis_range=[0.5, trace.raster.shape[0] + 0.5], **LAYOUT)
-    return step_ticks(fig, trace.raster.shape[0])
-
-
 def neuron_figure(trace: NeuronTrace, ann_value: float, qcfs: float) -> go.Figure:
     """Two panels over t: membrane potential with spikes, and the running output rate vs the ANN and QCFS values."""
     steps = np.arange(1, trace.u.shape[0] + 1)
@@ -251,16 +240,3 @@ def neuron_figure(trace: NeuronTrace, ann_value: float, qcfs: float) -> go.Figur
     fig.update_yaxes(title_text="rate (input units)", row=2, col=1)
     fig.update_layout(height=620, template="plotly_white", margin=dict(l=60, r=20, t=40, b=40))
     return step_ticks(fig, len(steps))
-
-
-def figure_html(fig: go.Figure) -> str:
-    """A self-contained HTML page of the figure (plotly.js embedded: works offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True)
-
-
-def figure_png(fig: go.Figure) -> bytes | None:
-    """PNG bytes via kaleido, or None when static export is unavailable (no kaleido or no browser for it)."""
-    try:
-        return fig.to_image(format="png", scale=2)
-    except Exception:  # kaleido missing, or it cannot start its browser offline
-        return None

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: `streamlit run` + Debian's headless Chromium driven by selenium.
 
-Runs the default experiment on the small MNIST model, visits every page, fails on any exception box, and saves
-a screenshot of each page under test-artifacts/screenshots/.
+Opens the app on the small MNIST model (the page address sets the form: ``?model=cnn-mnist``), runs the default
+experiment, visits every page, walks the lecture walk-through to its last step, starts a preset comparison, fails
+on any exception or error box, and saves a screenshot of each page under test-artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 PAGES = ["Accuracy vs time step", "Layers needing correction", "Bias trajectories", "Membrane potentials",
-         "One image", "Neuron lab"]
+         "One image", "Lecture walk-through", "Compare runs", "Neuron lab"]
 TITLES = {"Layers needing correction": "Which layers need most correction"}
 
 
@@ -34,7 +35,7 @@ def server(tmp_path_factory):
     pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = dict(os.environ, FTBC_DASHBOARD_DEFAULT_MODEL="cnn-mnist", FTBC_DASHBOARD_PNG="0")
+    env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", os.environ.get("FTBC_TEST_THREADS", "2"))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -44,7 +45,7 @@ def server(tmp_path_factory):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc, 90.0)
-        yield url
+        yield url + "/?model=cnn-mnist"
     finally:
         proc.terminate()
         try:
@@ -74,8 +75,8 @@ def _settle(drv, title: str, timeout: float = 120.0) -> None:
     time.sleep(1.0)  # the status widget appears a moment after a rerun starts
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
     time.sleep(1.5)  # let plotly finish drawing
-    errors = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-    assert not errors, f"exception on page {title!r}: {errors[0].text[:500]}"
+    errors = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+    assert not errors, f"exception or error on page {title!r}: {errors[0].text[:500]}"
 
 
 def _click(drv, css: str, text: str, timeout: float = 60.0) -> None:
@@ -116,3 +117,16 @@ def test_every_page_in_a_browser(server, driver):
         assert charts, f"no chart drawn on page {page!r}"
         name = page.lower().replace(" ", "-")
         assert driver.save_screenshot(str(SHOTS / f"{PAGES.index(page) + 1}-{name}.png"))
+        if page == "Lecture walk-through":  # to the last step: the image FTBC fixes
+            for _ in range(5):
+                _click(driver, '[data-testid="stButton"] button', "Next ▶")
+                _settle(driver, page)
+            assert "fixes" in driver.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+            assert driver.save_screenshot(str(SHOTS / f"{PAGES.index(page) + 1}-{name}-last-step.png"))
+        if page == "Compare runs":  # a preset: T = 4 (read from the T = 16 run) against T = 16
+            _click(driver, '[data-testid="stButton"] button', "T = 4 vs T = 16")
+            WebDriverWait(driver, 180, poll_frequency=0.5).until(
+                lambda d: "T=16" in d.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text)
+            _settle(driver, page)
+            assert len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot')) == 2
+            assert driver.save_screenshot(str(SHOTS / f"{PAGES.index(page) + 1}-{name}-preset.png"))

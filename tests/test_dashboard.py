@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,37 +13,41 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dashboard import state  # noqa: E402
+from dashboard import runs  # noqa: E402
+from dashboard.models import UPLOAD  # noqa: E402
 
 APP = ROOT / "dashboard" / "app.py"
-TINY = {"timesteps": 4, "limit": 20, "batches": 1, "batch_size": 16}
+TINY = {"model": "cnn-mnist", "T": 4, "limit": 20, "batches": 1, "batch_size": 16}  # the page address's fields
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """Count the experiments actually computed (not read from the cache)."""
     seen = []
-    real = state.run_experiment
+    real = runs.run_experiment
 
     def counting(cfg, **kwargs):
         seen.append(cfg)
         return real(cfg, **kwargs)
 
-    monkeypatch.setattr(state, "run_experiment", counting)
+    monkeypatch.setattr(runs, "run_experiment", counting)
     return seen
 
 
-@pytest.fixture
-def at(monkeypatch, calls):
-    monkeypatch.setenv("FTBC_DASHBOARD_DEFAULT_MODEL", "cnn-mnist")
-    monkeypatch.setenv("FTBC_DASHBOARD_PNG", "0")
-    monkeypatch.setenv("FTBC_DASHBOARD_DEFAULTS", json.dumps(TINY))
+def open_app(**address) -> AppTest:
+    """A fresh app (empty caches) opened on a page address with these fields (``?model=...&T=...``)."""
     st.cache_data.clear()
     st.cache_resource.clear()
     app = AppTest.from_file(str(APP), default_timeout=120)
+    app.query_params.update({k: str(v) for k, v in address.items() if v is not None})
     app.run()
     assert not app.exception
     return app
+
+
+@pytest.fixture
+def at(calls):
+    return open_app(**TINY)
 
 
 def run(app: AppTest) -> AppTest:
@@ -99,11 +102,18 @@ def test_every_page_after_a_run(at, calls):
     assert not at.exception
 
     at.switch_page("views/one_image.py").run()
-    assert at.title[0].value == "One image" and charts(at) == 3
+    assert at.title[0].value == "One image" and charts(at) == 4  # image, probability, raster, one neuron's charge
     at.number_input(key="image_index").set_value(7).run()
     at.selectbox(key="image_layer").set_value("classifier.1").run()
     at.radio(key="raster_method").set_value("ftbc").run()
+    at.radio(key="raster_order").set_value("rate").run()
     assert not at.exception and not errors(at)
+
+    at.switch_page("views/walkthrough.py").run()
+    assert at.title[0].value == "Lecture walk-through" and charts(at) == 1 and not at.exception
+
+    at.switch_page("views/compare.py").run()
+    assert at.title[0].value == "Compare runs" and charts(at) == 2 and not at.exception
 
     at.switch_page("views/accuracy.py").run()
     assert at.title[0].value == "Accuracy vs time step" and not at.exception
@@ -143,7 +153,7 @@ def test_cos_offers_the_latency_axis(at):
 
 
 def test_bad_upload_is_a_message(at, calls):
-    at.selectbox(key="model").set_value(state.UPLOAD)
+    at.selectbox(key="model").set_value(UPLOAD)
     garbage = ("model.safetensors", b"not a checkpoint at all", "application/octet-stream")
     at.file_uploader(key="upload").set_value(garbage)
     run(at)
@@ -153,12 +163,12 @@ def test_bad_upload_is_a_message(at, calls):
 
 def test_upload_of_a_real_checkpoint_runs(at, calls):
     data = (ROOT / "pretrained" / "cnn-mnist.safetensors").read_bytes()
-    at.selectbox(key="model").set_value(state.UPLOAD)
+    at.selectbox(key="model").set_value(UPLOAD)
     at.file_uploader(key="upload").set_value(("mine.safetensors", data, "application/octet-stream"))
     run(at)
     assert not errors(at) and len(calls) == 1 and calls[0].model.startswith("upload:")
     at.switch_page("views/one_image.py").run()
-    assert not at.exception and charts(at) == 3
+    assert not at.exception and charts(at) == 4
 
 
 def test_missing_data_folder_is_a_message(at, calls, tmp_path):
@@ -170,7 +180,7 @@ def test_missing_data_folder_is_a_message(at, calls, tmp_path):
 
 
 def test_a_run_too_large_for_memory_is_refused(at, calls, monkeypatch):
-    monkeypatch.setattr(state, "available_memory_bytes", lambda: 10 * 2**20)
+    monkeypatch.setattr(runs, "available_memory_bytes", lambda: 10 * 2**20)
     run(at)
     assert errors(at) and "would need about" in errors(at)[0] and not calls
 
@@ -196,16 +206,12 @@ def test_resnet20_is_the_default_when_shipped(at, calls, monkeypatch, tmp_path):
     (tmp_path / "samples").symlink_to(ROOT / "pretrained" / "samples")
     monkeypatch.setattr(assets, "PRETRAINED_DIR", tmp_path)
     monkeypatch.setattr(assets, "SAMPLES_DIR", tmp_path / "samples")
-    monkeypatch.delenv("FTBC_DASHBOARD_DEFAULT_MODEL")
-    monkeypatch.setenv("FTBC_DASHBOARD_DEFAULTS", json.dumps({**TINY, "timesteps": 2, "limit": 6, "batch_size": 4}))
-    st.cache_resource.clear()
-    app = AppTest.from_file(str(APP), default_timeout=120)
-    app.run()
+    app = open_app(**{**TINY, "T": 2, "limit": 6, "batch_size": 4, "model": None})
     assert app.selectbox(key="model").value == "resnet20-cifar10"
     run(app)
     assert not errors(app) and calls[-1].model == "resnet20-cifar10"
     app.switch_page("views/one_image.py").run()
-    assert not app.exception and charts(app) == 3
+    assert not app.exception and charts(app) == 4
 
 
 def test_data_that_does_not_fit_the_model_is_a_message(at, calls, tmp_path):
@@ -229,7 +235,7 @@ def test_a_model_without_a_bundled_sample_asks_for_a_data_folder(at, calls, tmp_
     ann, card = load_checkpoint(ROOT / "pretrained" / "cnn-mnist.safetensors")
     path = save_checkpoint(ann, dataclasses.replace(card, name="cnn-fashion", dataset="fashion-mnist"),
                            tmp_path / "cnn-fashion")
-    at.selectbox(key="model").set_value(state.UPLOAD)
+    at.selectbox(key="model").set_value(UPLOAD)
     at.file_uploader(key="upload").set_value(("cnn-fashion.safetensors", path.read_bytes(), "application/octet-stream"))
     run(at)
     assert len(errors(at)) == 1 and "no bundled" in errors(at)[0] and "data folder" in errors(at)[0]
@@ -237,6 +243,7 @@ def test_a_model_without_a_bundled_sample_asks_for_a_data_folder(at, calls, tmp_
 
 def test_two_sessions_do_not_disturb_each_other(at, calls):
     other = AppTest.from_file(str(APP), default_timeout=120)
+    other.query_params.update({k: str(v) for k, v in TINY.items()})
     other.run()
     other.multiselect(key="methods").set_value(["none"])
     other.number_input(key="timesteps").set_value(3)
@@ -262,14 +269,14 @@ def test_charts_measured_on_fewer_images_say_so(at, calls):
 
 def test_progress_updates_are_throttled(monkeypatch):
     clock = iter([0.0, 0.1, 0.2, 0.3, 0.35, 0.4])
-    monkeypatch.setattr(state.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: next(clock))
     shown = []
 
     class Bar:
         def progress(self, value, text):
             shown.append((value, text))
 
-    update = state._throttled(Bar(), interval=0.25)
+    update = runs.throttled(Bar(), interval=0.25)
     for i, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 1.0]):
         update(f, f"step {i}")
     assert shown == [(0.1, "step 0"), (0.4, "step 3"), (1.0, "step 5")]  # t = 0, 0.3 and the end
@@ -282,7 +289,7 @@ def test_upload_of_a_public_pth_goes_through_the_import_path(at, calls, tmp_path
 
     src = tmp_path / "resnet20_cifar10.pth"
     torch.save(reference("resnet20", "cifar10", 4, 0, torch.rand(8, 3, 32, 32)).state_dict(), src)
-    at.selectbox(key="model").set_value(state.UPLOAD)
+    at.selectbox(key="model").set_value(UPLOAD)
     at.file_uploader(key="upload").set_value(("resnet20_cifar10.pth", src.read_bytes(), "application/octet-stream"))
     at.selectbox(key="pth_arch").set_value("resnet20")
     at.selectbox(key="pth_dataset").set_value("cifar10")

@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dashboard import figures  # noqa: E402
+from dashboard import compare_figures, exports, figures, neuron_figures, story  # noqa: E402
+from dashboard.per_image import ImagePredictions, neuron_order, predict_all, trace_layer  # noqa: E402
+from ftbc_core.assets import load_images  # noqa: E402
 from ftbc_core.checkpoint import load_checkpoint  # noqa: E402
 from ftbc_core.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from ftbc_core.image_trace import network_from_report, trace_image  # noqa: E402
-from ftbc_core.neuron_lab import simulate_if_neurons  # noqa: E402
+from ftbc_core.neuron_lab import error_parts, simulate_if_neurons  # noqa: E402
 from ftbc_core.snn import to_snn  # noqa: E402
 
 T = 4
@@ -105,20 +107,121 @@ def test_membrane_histogram_marks_zero_and_threshold(result):
     np.testing.assert_allclose(anim.frames[1].data[0].y, fig.data[0].y)
 
 
-def test_image_probability_and_raster_figures(result):
+@pytest.fixture(scope="module")
+def networks(result):
     ann, _ = load_checkpoint(ROOT / "pretrained" / "cnn-mnist.safetensors")
     snn = to_snn(ann)
+    return ann, {m: network_from_report(snn, result.reports[m]) for m in result.methods}
+
+
+def test_image_probability_figure(result, networks):
+    _, nets = networks
     x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0))
-    traces = {m: trace_image(network_from_report(snn, result.reports[m]), x, T, snn.layer_names[0], max_neurons=20)
-              for m in ("none", "ftbc")}
+    traces = {m: trace_image(nets[m], x, T, nets[m].layer_names[0], max_neurons=20) for m in ("none", "ftbc")}
     fig = figures.probability_figure(traces, 3, [str(k) for k in range(10)])
     np.testing.assert_allclose(fig.data[1].y, traces["ftbc"].probabilities[:, 3])
     assert titles(fig) == ("time step t", "softmax probability of the true class")
-    raster = figures.raster_figure(traces["none"])
-    assert len(raster.data[0].x) == int(traces["none"].raster.sum()) and titles(raster)[0] == "time step t"
     grey = figures.image_figure(np.zeros((28, 28, 1), np.uint8))
     rgb = figures.image_figure(np.zeros((32, 32, 3), np.uint8), "x")
     assert grey.data[0].type == "heatmap" and rgb.data[0].type == "image"
+
+
+def test_predictions_per_image_give_the_runs_accuracy(result, networks):
+    """The dashboard's per-image predictions, counted, are the run's accuracy at every step (same images)."""
+    _, nets = networks
+    images, _ = load_images("mnist", "test", None)
+    preds = predict_all(nets, images.subset(slice(0, 20)), T)
+    for m in result.methods:
+        assert preds.predicted[m].shape == (T, 20)
+        np.testing.assert_allclose(100 * (preds.predicted[m] == preds.labels).mean(1), result.accuracy[m])
+    fixed, broken = preds.disagreements("none", "ftbc", T)
+    assert set(fixed).isdisjoint(broken)
+    assert all(not preds.correct("none", T)[i] and preds.correct("ftbc", T)[i] for i in fixed)
+
+
+def test_disagreements_on_a_hand_made_case():
+    preds = ImagePredictions({"a": np.array([[0, 1, 2, 3]]), "b": np.array([[0, 2, 2, 0]])}, np.array([0, 2, 1, 3]))
+    fixed, broken = preds.disagreements("a", "b", 1)
+    assert list(fixed) == [1] and list(broken) == [3]
+
+
+def test_layer_trace_matches_the_layer_and_the_ann(networks):
+    ann, nets = networks
+    net = nets["ftbc"]
+    x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(2))
+    layer = net.layer_names[0]
+    lt = trace_layer(net, ann, x, T, layer, neurons=24)
+    assert lt.spikes.shape == lt.charge.shape == (T, 24) and lt.ann.shape == (24,)
+    assert np.all(lt.charge[lt.spikes] >= 1 - 1e-6) and np.all(lt.charge[~lt.spikes] < 1)  # fires iff u >= θ
+    assert np.all((lt.ann >= 0) & (lt.ann <= 1))
+    raster = trace_image(net, x, T, layer, max_neurons=24)  # the core's raster samples the same neurons
+    np.testing.assert_array_equal(lt.neuron_index, raster.neuron_index)
+    np.testing.assert_array_equal(lt.spikes, raster.raster)
+    first = neuron_order(lt, "first spike")
+    shown = lt.first_spike[first]
+    fired = shown[shown > 0]
+    assert np.all(np.diff(fired) >= 0) and np.all(shown[len(fired):] == 0)  # early first, silent last
+    assert np.all(np.diff(lt.rate[neuron_order(lt, "rate")]) <= 0)
+    assert np.all(np.diff(lt.ann[neuron_order(lt, "ANN activation")]) <= 0)
+
+
+def test_raster_draws_every_spike_beside_the_ann_activation(networks):
+    ann, nets = networks
+    lt = trace_layer(nets["none"], ann, torch.rand(1, 28, 28), T, nets["none"].layer_names[1], neurons=16)
+    order = neuron_order(lt, "first spike")
+    fig = neuron_figures.raster_figure(lt, order, "none")
+    spikes, ann_bars, rate_bars = fig.data
+    assert len(spikes.x) == int(lt.spikes.sum()) and spikes.mode == "markers"  # one mark per spike
+    row = {int(n): r for r, n in enumerate(order)}
+    t_idx, n_idx = np.nonzero(lt.spikes)
+    assert list(spikes.y) == [row[int(n)] for n in n_idx] and list(spikes.x) == list(t_idx + 1)
+    np.testing.assert_allclose(ann_bars.x, lt.ann) and np.testing.assert_allclose(rate_bars.x, lt.rate)
+    assert fig.layout.height >= neuron_figures.ROW_PX * 16 and fig.layout.xaxis.title.text == "time step t"
+    charge = neuron_figures.neuron_charge_figure(lt, int(order[0]), "none")
+    np.testing.assert_allclose(charge.data[0].y, lt.charge[:, order[0]])
+    assert charge.layout.yaxis.title.text == "u[t] / θ"
+
+
+def test_compare_figures_and_table(result):
+    short = result.truncated(2)
+    runs = [("T=4", result), ("T=2", short)]
+    fig = compare_figures.compare_accuracy_figure(runs)
+    assert len(fig.data) == 6 and fig.data[0].name == "T=4: " + figures.label("none")
+    assert fig.data[3].line.dash == "dash" and fig.data[0].line.color == fig.data[3].line.color
+    lat = compare_figures.compare_accuracy_figure(runs, "latency", ["cos"])
+    assert list(lat.data[0].x) == [3, 4, 5, 6] and "latency" in lat.layout.xaxis.title.text
+    table = compare_figures.compare_table(runs)
+    assert list(table["T"]) == [4, 4, 4, 2, 2, 2]
+    np.testing.assert_allclose(table["accuracy at T (%)"][:3], [result.accuracy[m][-1] for m in result.methods])
+    np.testing.assert_allclose(table["vs first run (points)"][3:],
+                               [result.accuracy[m][1] - result.accuracy[m][-1] for m in result.methods])
+    assert compare_figures.common_latency(runs, ["none", "ftbc"]) == 2
+    assert compare_figures.common_latency(runs) is None  # COS at T = 2 starts at latency 3: no common latency
+    assert not [c for c in table.columns if c.startswith("accuracy at latency")]
+    both = compare_figures.compare_table([("T=4", result)])
+    np.testing.assert_allclose(both["accuracy at latency 4 (%)"],  # FTBC at T = 4 against COS at T = 2 (ρ = 2)
+                               [result.accuracy["none"][3], result.accuracy["ftbc"][3], result.accuracy["cos"][1]])
+    layers = compare_figures.compare_layer_figure(runs, "abs", ["none"])
+    np.testing.assert_allclose(layers.data[1].y, short.measurements["none"].layer_error("abs")[:, -1])
+
+
+def test_walkthrough_sentences_use_the_runs_numbers(result):
+    text = story.accuracy_step(result)
+    gap = result.ann_accuracy - result.accuracy["none"][-1]
+    assert f"{gap:.1f} points below" in text and f"T = {T}" in text
+    assert story.methods_to_contrast(result) == ("none", "ftbc")
+    layer = story.top_layer(result)
+    assert layer in story.layers_step(result) and layer in story.membrane_step(result, layer)
+    text, method = story.biases_step(result)
+    assert method == "ftbc" and f"{result.reports['ftbc'].n_images} calibration images" in text
+    neuron, trace, _ = story.neuron_step(T)
+    assert trace.u.shape == (T, 3) and "**clipping** loses 0.15" in neuron
+    uneven = error_parts(0.37, 1.0, T, 0.5, float(trace.rate[-1, 1]))["unevenness"]
+    assert f"ends at {trace.rate[-1, 1]:.3f} θ: **unevenness** error {uneven:+.3f} θ" in neuron
+    preds = ImagePredictions({"none": np.array([[1, 1, 0]] * T), "ftbc": np.array([[0, 1, 1]] * T), "cos":
+                              np.array([[0, 0, 0]] * T)}, np.array([0, 1, 1]))
+    told = story.image_step(result, preds, [str(k) for k in range(10)])
+    assert list(told.fixed) == [0, 2] and told.index == 0 and "fixes 2 and breaks 0" in told.text
 
 
 def test_neuron_figure():
@@ -130,6 +233,13 @@ def test_neuron_figure():
 
 
 def test_html_export_embeds_plotly(result):
-    html = figures.figure_html(figures.accuracy_figure(result))
+    html = exports.figure_html(figures.accuracy_figure(result))
     assert "<html>" in html[:200] and len(html) > 1_000_000  # plotly.js itself is inside: works offline
     assert not re.search(r"<script[^>]+src=", html)
+
+
+def test_presenter_style_enlarges_a_copy(result):
+    fig = figures.accuracy_figure(result)
+    big = exports.presenter_style(fig)
+    assert big.layout.font.size == exports.PRESENTER_FONT and fig.layout.font.size is None  # the original is kept
+    assert big.data[0].line.width > (fig.data[0].line.width or 2)

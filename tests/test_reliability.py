@@ -45,7 +45,7 @@ from ftbc_core.snn import MAX_TIMESTEPS, to_snn
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from dashboard import state  # noqa: E402
+from dashboard import caches, models, runs  # noqa: E402
 
 APP = str(ROOT / "dashboard" / "app.py")
 MODEL = ROOT / "pretrained" / "cnn-mnist.safetensors"
@@ -158,27 +158,26 @@ def test_non_checkpoint_files_up_to_the_upload_limit(tmp_path):
 def calls(monkeypatch):
     """The experiments actually computed by the dashboard (not read from its cache)."""
     seen = []
-    real = state.run_experiment
+    real = runs.run_experiment
 
     def counting(cfg, **kwargs):
         seen.append(cfg)
         return real(cfg, **kwargs)
 
-    monkeypatch.setattr(state, "run_experiment", counting)
+    monkeypatch.setattr(runs, "run_experiment", counting)
     return seen
 
 
 @pytest.fixture
 def new_app(monkeypatch, calls):
     """A factory of fresh dashboard sessions (the caches are cleared once per test)."""
-    monkeypatch.setenv("FTBC_DASHBOARD_DEFAULT_MODEL", "cnn-mnist")
-    monkeypatch.setenv("FTBC_DASHBOARD_PNG", "0")
-    monkeypatch.setenv("FTBC_DASHBOARD_DEFAULTS", json.dumps(TINY))
     st.cache_data.clear()
     st.cache_resource.clear()
 
     def make() -> AppTest:
         app = AppTest.from_file(APP, default_timeout=120)
+        app.query_params.update({"model": "cnn-mnist", "T": str(TINY["timesteps"]),
+                                 **{k: str(v) for k, v in TINY.items() if k != "timesteps"}})
         app.run()
         assert not app.exception
         return app
@@ -204,7 +203,7 @@ def test_dashboard_refuses_a_malicious_pickle_and_an_upload_at_the_limit(new_app
             return (os.system, (f"touch {marker}",))
 
     app = new_app()
-    app.selectbox(key="model").set_value(state.UPLOAD)
+    app.selectbox(key="model").set_value(models.UPLOAD)
     uploads = {"evil.safetensors": pickle.dumps({"state_dict": Payload()}), "big.safetensors": b"\xff" * UPLOAD_LIMIT}
     for name, data in uploads.items():
         app.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
@@ -253,12 +252,12 @@ def test_zero_timesteps_for_calibrate_is_an_argument_error(capsys):
 
 def _start_run_script(timesteps: int) -> None:
     """A one-off dashboard script: start a run with a configuration the form cannot produce."""
-    from dashboard import state as dashboard_state
+    from dashboard import models, runs
     from ftbc_core.experiment import ExperimentConfig as Config
 
     options = {"alpha": 0.5, "batches": 1, "batch_size": 8, "rho": 4, "seed": 0}
-    dashboard_state.start_run(Config("cnn-mnist", timesteps=timesteps, limit=5, method_options=options),
-                              ("shipped", "cnn-mnist"))
+    runs.start_run(Config("cnn-mnist", timesteps=timesteps, limit=5, method_options=options),
+                   models.shipped_ref("cnn-mnist"))
 
 
 @pytest.mark.parametrize("timesteps", [0, MAX_TIMESTEPS + 1])
@@ -621,6 +620,7 @@ def _configure(app: AppTest, which: str) -> AppTest:
         app.number_input(key="timesteps").set_value(2)
     else:
         app.multiselect(key="methods").set_value(["ftbc-layer", "cos"])
+        app.number_input(key="rho").set_value(2)  # published COS replays its ρ pre-steps: ρ <= T = 3
     return app
 
 
@@ -632,7 +632,7 @@ def test_two_sessions_at_once_give_the_results_of_each_alone(new_app, calls, mon
     st.cache_data.clear()
     apps = {w: _configure(new_app(), w) for w in ("a", "b")}
     meet = threading.Barrier(2, timeout=60)  # both sessions are inside their experiment at the same time
-    real = state.run_experiment
+    real = runs.run_experiment
 
     def meeting(cfg, progress=None, **kwargs):
         met = []
@@ -644,7 +644,7 @@ def test_two_sessions_at_once_give_the_results_of_each_alone(new_app, calls, mon
 
         return real(cfg, progress=report, **kwargs)
 
-    monkeypatch.setattr(state, "run_experiment", meeting)
+    monkeypatch.setattr(runs, "run_experiment", meeting)
     failures = []
 
     def click(app):
@@ -668,7 +668,7 @@ def test_two_sessions_at_once_give_the_results_of_each_alone(new_app, calls, mon
 @pytest.mark.parametrize("interrupt", [StopException(), RerunException(RerunData()), RuntimeError("simulated crash")],
                          ids=["browser closed", "rerun clicked", "crash"])
 def test_an_interrupted_run_leaves_the_app_usable(new_app, calls, monkeypatch, interrupt):
-    real = state.run_experiment
+    real = runs.run_experiment
     fired = []
 
     def interrupted_once(cfg, progress=None, **kwargs):
@@ -680,7 +680,7 @@ def test_an_interrupted_run_leaves_the_app_usable(new_app, calls, monkeypatch, i
 
         return real(cfg, progress=report, **kwargs)
 
-    monkeypatch.setattr(state, "run_experiment", interrupted_once)
+    monkeypatch.setattr(runs, "run_experiment", interrupted_once)
     app = new_app()
     app.number_input(key="batches").set_value(2)
     press_run(app)
@@ -700,7 +700,7 @@ def test_an_interrupted_run_leaves_the_app_usable(new_app, calls, monkeypatch, i
         np.testing.assert_array_equal(result.accuracy[m], reference.accuracy[m])
         for name, bias in reference.reports[m].biases.items():
             np.testing.assert_array_equal(result.reports[m].biases[name], bias)
-    cached, _ = state.load_shipped("cnn-mnist")  # the shared model was not touched by the broken run
+    cached, _ = caches.load_shipped("cnn-mnist", models.shipped_ref("cnn-mnist").digest)  # the shared model was not touched by the broken run
     fresh, _ = load_checkpoint(MODEL)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in cached.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in cached.modules())

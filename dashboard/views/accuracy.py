@@ -4,15 +4,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, state
+from dashboard import exports, figures, runs, sidebar
 from ftbc_core.experiment import simulate_dataset
 from ftbc_core.neuron_lab import qcfs_value, simulate_if_neurons
 from ftbc_core.snn import SpikingNetwork, running_mean
 
 st.title("Accuracy vs time step")
-run = state.current_run()
+run = runs.current_run()
 if run is None:
-    st.info(state.RUN_HINT)
+    st.info(runs.RUN_HINT)
 
 st.markdown(
     "The converted network sees the same image at every step; its output after *t* steps is the running mean of "
@@ -24,18 +24,18 @@ st.latex(r"\hat y(t) = \arg\max_k \frac{1}{t}\sum_{\tau=1}^{t} o_k[\tau], \qquad
          r"\mathrm{acc}(t) = \frac{100}{N}\sum_{n=1}^{N} \mathbb{1}\left[\hat y_n(t) = y_n\right]\ (\%)")
 
 if run is None:  # before the first run: the same effect in one neuron (this also loads the chart code early)
-    steps = int(st.session_state.get("timesteps", state.defaults()["timesteps"]))
+    steps = int(st.session_state.get("timesteps", sidebar.initial_values()["timesteps"]))
     z = 0.37
     st.caption(f"One IF neuron with a constant input z = {z} θ: its running mean output after t steps approaches the "
                "ANN activation, with an error that shrinks like 1/t. A network's accuracy over t follows the errors "
                "of all its neurons; the neuron lab shows more.")
     trace = simulate_if_neurons(np.full((steps, 1), z), 1.0)
-    st.plotly_chart(figures.neuron_figure(trace, z, qcfs_value(z, 1.0, 4)), width="stretch", key="accuracy_preview")
+    exports.chart(figures.neuron_figure(trace, z, qcfs_value(z, 1.0, 4)), "one-neuron-preview", "accuracy_preview")
     rate = trace.rate[:, 0]
     table = pd.DataFrame({"rate r[t]": rate, "|r[t] − z|": np.abs(rate - z)},
                          index=pd.Index(range(1, steps + 1), name="t"))
     st.dataframe(table.T.style.format("{:.3f}"), width="stretch")
-    state.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)
+    exports.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)
     st.stop()
 result = run.result
 
@@ -44,9 +44,7 @@ x_axis = "T"
 if has_latency:
     x_axis = st.radio("x axis", ["T", "latency"], horizontal=True, key="acc_axis",
                       format_func=lambda v: "time steps T" if v == "T" else "latency ρ + T")
-fig = figures.accuracy_figure(result, x_axis)
-st.plotly_chart(fig, width="stretch", key="accuracy_chart")
-state.download_figure(fig, "accuracy")
+exports.chart(figures.accuracy_figure(result, x_axis), "accuracy", "accuracy_chart")
 
 cols = st.columns(len(result.methods) + 1)
 cols[0].metric("ANN", f"{result.ann_accuracy:.2f}%")
@@ -60,10 +58,7 @@ table = result.accuracy_table()
 table.insert(0, "ANN", result.ann_accuracy)
 st.subheader("Accuracy (%) after every step")
 st.dataframe(table.style.format("{:.2f}"), width="stretch")
-state.download_table(result.to_frame(), "accuracy", index=False, label="Table (CSV: method, T, accuracy, latency)")
+exports.download_table(result.to_frame(), "accuracy", index=False, label="Table (CSV: method, T, accuracy, latency)")
 
-times = {m: f"calibration {result.reports[m].seconds:.1f} s, simulation {result.seconds[m]:.1f} s"
-         for m in result.methods}
-st.caption(f"{result.n_images} images of the {result.data_description}. " + "; ".join(
-    f"{m}: {t}" for m, t in times.items()))
-state.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)
+st.caption(f"{result.n_images} images of the {result.data_description}. {run.timings()}")
+exports.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)

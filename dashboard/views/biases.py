@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 from safetensors.numpy import save as save_arrays
 
-from dashboard import figures, state
+from dashboard import exports, figures, runs
 from ftbc_core.calibration.ftbc import FtbcRule, fit_biases
 
 st.title("Bias trajectories")
-run = state.require_run()
+run = runs.require_run()
 result = run.result
 bias_methods = [m for m in result.methods if result.reports[m].biases]
 if not bias_methods:
@@ -35,16 +35,14 @@ layer = right.selectbox("Layer", layers, key="bias_layer")
 b = np.asarray(report.biases[layer])
 
 fig = figures.bias_heatmap(report, layer)
-st.plotly_chart(fig, width="stretch", key="bias_heatmap")
-state.download_figure(fig, f"bias-{layer}")
+exports.chart(fig, f"bias-{layer}", "bias_heatmap")
 
 strongest = [int(c) for c in np.argsort(-np.abs(b).mean(0))[:3]]
 channels = st.multiselect("Channels", list(range(b.shape[1])), default=strongest, key=f"bias_channels_{layer}",
                           help="Defaults to the three channels with the largest mean |b|.")
 if channels:
     fig = figures.bias_lines(report, layer, channels)
-    st.plotly_chart(fig, width="stretch", key="bias_lines")
-    state.download_figure(fig, f"bias-lines-{layer}")
+    exports.chart(fig, f"bias-lines-{layer}", "bias_lines")
 
 opts = ", ".join(f"{k} = {v}" for k, v in report.options.items())
 st.caption(f"{figures.label(method)}: {opts}; {report.n_images} calibration images, {report.seconds:.1f} s. "
@@ -59,4 +57,4 @@ meta = {"model": result.model_name, "method": method, "timesteps": str(result.ti
 payload = save_arrays({n: np.ascontiguousarray(v, dtype=np.float32) for n, v in report.biases.items()}, metadata=meta)
 st.download_button("All biases (safetensors)", payload, f"{result.model_name}.{method}-T{result.timesteps}.safetensors",
                    "application/octet-stream", on_click="ignore", key="bias_safetensors", icon=":material/download:")
-state.show_code(FtbcRule.__call__, fit_biases)
+exports.show_code(FtbcRule.__call__, fit_biases)

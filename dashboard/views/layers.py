@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, state
+from dashboard import exports, figures, runs
 from ftbc_core.measure import Measurements, Recorder
 
 st.title("Which layers need most correction")
-run, measured = state.require_measured_run()
+run, measured = runs.require_measured_run()
 result = run.result
 
 st.markdown(
@@ -24,8 +24,7 @@ kind = st.radio("Error measure", ["abs", "rel", "offset"], horizontal=True, key=
                 format_func=lambda k: {"abs": "absolute", "rel": "relative", "offset": "offset spikes"}[k])
 sort = st.toggle("Sort layers by the error before correction", value=True, key="layers_sort")
 fig = figures.layer_error_figure(result, kind, sort)
-st.plotly_chart(fig, width="stretch", key="layer_error_chart")
-state.download_figure(fig, "layer-error")
+exports.chart(fig, "layer-error", "layer_error_chart")
 
 names = list(result.measurements[measured[0]].layer_names)
 table = pd.DataFrame({f"{m} error": result.measurements[m].layer_error(kind)[:, -1] for m in measured},
@@ -34,12 +33,11 @@ bias_methods = [m for m in result.methods if result.reports[m].biases]
 for m in bias_methods:
     table[f"{m} mean |b|"] = [float(np.abs(result.reports[m].biases[n]).mean()) for n in names]
 st.dataframe(table.style.format("{:.4f}"), width="stretch")
-state.download_table(table, "layer-error", index=True)
+exports.download_table(table, "layer-error", index=True)
 
 if bias_methods:
     fig = figures.bias_magnitude_figure(result)
-    st.plotly_chart(fig, width="stretch", key="bias_magnitude_chart")
-    state.download_figure(fig, "bias-magnitude")
+    exports.chart(fig, "bias-magnitude", "bias_magnitude_chart")
 
 st.subheader("Layers × time steps")
 left, right = st.columns(2)
@@ -49,6 +47,5 @@ options = measured if quantity == "error" else bias_methods
 method = right.selectbox("Method", options, format_func=figures.label, key="heat_method",
                          index=options.index("ftbc") if "ftbc" in options else 0)
 fig = figures.layer_time_heatmap(result, method, quantity, kind)
-st.plotly_chart(fig, width="stretch", key="layer_heatmap")
-state.download_figure(fig, "layer-heatmap")
-state.show_code(Recorder._on_step, Measurements.layer_error)
+exports.chart(fig, "layer-heatmap", "layer_heatmap")
+exports.show_code(Recorder._on_step, Measurements.layer_error)

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, state
+from dashboard import exports, figures, runs
 from ftbc_core.measure import Recorder
 from ftbc_core.neuron import if_step
 
 st.title("Membrane potentials")
-run, measured = state.require_measured_run()
+run, measured = runs.require_measured_run()
 result = run.result
 
 st.markdown(
@@ -33,8 +33,7 @@ if animate:
 else:
     t = st.slider("Time step t", 1, result.timesteps, 1, key="membrane_t") if result.timesteps > 1 else 1
     fig = figures.membrane_histogram(result, layer, t, chosen)
-st.plotly_chart(fig, width="stretch", key="membrane_chart")
-state.download_figure(fig, f"membrane-{layer}")
+exports.chart(fig, f"membrane-{layer}", "membrane_chart")
 
 rows = []
 for m in chosen:
@@ -49,9 +48,9 @@ for m in chosen:
 if rows:
     table = pd.DataFrame(rows).set_index("method")
     st.dataframe(table.style.format("{:.4f}", subset=table.columns[1:]), width="stretch")
-    state.download_table(table, f"membrane-summary-{layer}-t{t}", index=True)
+    exports.download_table(table, f"membrane-summary-{layer}-t{t}", index=True)
     edges = result.measurements[chosen[0]].hist_edges
     hist = pd.DataFrame({m: result.measurements[m].histograms[layer][t - 1] for m in chosen},
                         index=pd.Index(np.round((edges[:-1] + edges[1:]) / 2, 4), name="u/θ (bin centre)"))
-    state.download_table(hist, f"membrane-{layer}-t{t}", index=True, label="Histogram (CSV)")
-state.show_code(if_step, Recorder._on_step)
+    exports.download_table(hist, f"membrane-{layer}-t{t}", index=True, label="Histogram (CSV)")
+exports.show_code(if_step, Recorder._on_step)

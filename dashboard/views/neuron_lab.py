@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, state
+from dashboard import exports, figures
 from ftbc_core.neuron_lab import error_parts, qcfs_value, simulate_if_neurons
 from ftbc_core.neuron import if_step
 
@@ -42,7 +42,7 @@ trace = simulate_if_neurons(z + jitter * noise, theta, v0, b)
 ann_value = float(np.clip(z, 0.0, theta))
 qcfs = float(qcfs_value(z, theta, levels))
 fig = figures.neuron_figure(trace, ann_value, qcfs)
-st.plotly_chart(fig, width="stretch", key="lab_chart")
+exports.chart(fig, "neuron-lab", "lab_chart")
 
 snn = float(trace.rate[-1].mean())
 parts = error_parts(z, theta, steps, v0, snn)
@@ -61,5 +61,5 @@ table = pd.DataFrame({"t": t_axis, "bias b": b, "mean input z": trace.z.mean(1),
                       "mean rate": trace.rate.mean(1)}).set_index("t")
 with st.expander("Step-by-step values"):
     st.dataframe(table.style.format("{:.3f}"), width="stretch")
-    state.download_table(table, "neuron-lab", index=True)
-state.show_code(if_step, simulate_if_neurons, error_parts)
+    exports.download_table(table, "neuron-lab", index=True)
+exports.show_code(if_step, simulate_if_neurons, error_parts)
