@@ -332,7 +332,11 @@ def _run_experiment(
     runs += [(timesteps, b) for m in methods if (b := _calibration_batch(options[m.name], cfg.calib_images))]
     for _, b in runs[1:]:
         dist.check_calibration_batch(b)  # under torchrun: every process gets part of every calibration batch
-    check_memory(ann, card, runs)
+    runs = runs[:1] + [(t, dist.per_process(b)) for t, b in runs[1:]]  # a process simulates its part of a batch
+    if device.type == "cuda":  # the evaluation chunk fits the GPU by construction; a calibration batch must
+        dist.check_gpu_memory(ann, (card.in_channels, card.image_size, card.image_size), runs[1:], device)
+    else:
+        check_memory(ann, card, runs, MEMORY_FRACTION / dist.local_world_size())
     info = get_info(card.dataset)
     report(0.0, "loading data")
     train_data, calib_desc = load_images(card.dataset, "train", cfg.data_dir)
@@ -461,7 +465,12 @@ def calibrate_and_save(
         path = resolve_checkpoint(model)
         ann, card = load_checkpoint(path, device=dev)
     check_model_fits_data(card)
-    check_memory(ann, card, [(timesteps, _calibration_batch(options, calib_images))])
+    batch = _calibration_batch(options, calib_images)
+    runs = [(timesteps, dist.per_process(batch))] if batch else []
+    if dev.type == "cuda":
+        dist.check_gpu_memory(ann, (card.in_channels, card.image_size, card.image_size), runs, dev)
+    elif runs:
+        check_memory(ann, card, runs, MEMORY_FRACTION / dist.local_world_size())
     train_data, desc = load_images(card.dataset, "train", data_dir)
     if log:
         log(f"calibrating {card.name} with {method} on the {desc}")
@@ -481,4 +490,5 @@ def calibrate_and_save(
             "world_size": str(dist.world_size())}
     if dist.is_main():  # every process fitted the same biases: one writes them
         atomic_write_bytes(target, biases_to_bytes(net, meta))
+    dist.all_reduce_count(0)  # a barrier: the file exists when any process returns (and a failed write fails all)
     return target

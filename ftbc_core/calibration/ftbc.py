@@ -15,16 +15,18 @@ no bias reaches a target inside the jump, and the iteration cycles around it for
 the number of batches and the draw (docs/method.md, section 5).
 
 Averaged bracketed root (``ftbc``, the default), per batch, step and channel, with ``g(b) = E(b) - A`` evaluated
-exactly on the batch (the same float operations as the deployed neuron, a few cheap element-wise passes)::
+exactly on the batch (the same float operations as the deployed neuron; each evaluation is one subtraction, one
+comparison and one reduction over the step's tensor)::
 
-    r   = bias with the smallest |g| found from b[t] by a short root search: the α step first, then regula falsi
-          (Illinois) once g changed sign, else a growing step                       (this batch's root)
-    m   = b[t] + (r - b[t]) / k                                                    (running mean over batches)
-    b[t] = the point of smallest |g| within |m - b[t]| of m (the same search, windowed): where a point mass lies
-           next to m, this picks the side (fire all tied neurons or none) that is closer to the target
+    r    = the evaluated bias of smallest |g| in a short root search from b[t]: the α step first, then regula
+           falsi (Illinois) once g changed sign, else a secant step     (this batch's root; 8 evaluations on the
+           first batch, which starts from b = 0, then 4)
+    m    = b[t] + (r - b[t]) / k                                       (running mean over the k batches so far)
+    b[t] = the evaluated point of smallest |g| within |m - b[t]| of m  (the same search, windowed; 3 evaluations)
 
-The running mean makes the fit converge (the change per batch shrinks like 1/k, ``CalibrationReport.bias_change``)
-and the windowed step keeps the mean from landing on an arbitrary side of a point mass.
+The running mean makes the fit converge: the change per batch shrinks like 1/k (``CalibrationReport.bias_change``).
+Only evaluated points are kept, so at a point mass every candidate fires all tied neurons or none, and the windowed
+search keeps the mean from landing on an arbitrary side of it: it takes the side closer to the target.
 
 Exact root (``ftbc-exact``): the bias that makes the fraction of neurons with ``u[t] >= θ`` equal ``A/θ`` is a
 quantile of ``w = v[t-1] + z[t] - θ`` over the batch and positions: ``b = quantile(w, 1 - A/θ)``.
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as dist
 from ..convert import activation_sites
 from ..neuron import IFNeuron, channel_view, if_step
 from ..snn import SpikingNetwork, check_timesteps
@@ -77,13 +80,14 @@ class FtbcRule:
     def _mean(self, fired: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Channel means of the spikes ``θ·H`` from the 0/1 firing ``H``: ``θ_c · mean(H_c)`` (layer mean if
         layerwise)."""
-        m = _channel_mean(fired) * theta
+        m = dist.all_reduce_mean(_channel_mean(fired), fired.numel() // fired.shape[1], binary=True) * theta
         return m.mean().view(1) if self.layerwise else m
 
     def _exact_root(self, neuron: IFNeuron, v: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         theta = neuron.theta.to(v.device)
         w = v + z_t - channel_view(theta, v.dim())  # fires iff w >= b
         w = w.transpose(0, 1).reshape(w.shape[1], -1)  # [C, N]
+        w = dist.all_gather_cat(w, 1)  # under torchrun: the quantile over every process's values
         if self.layerwise:
             w, theta = (w / theta.view(-1, 1)).reshape(1, -1), theta.mean().view(1)  # per-channel θ: compare w/θ
         n = w.shape[1]
@@ -137,35 +141,47 @@ class FtbcRootRule:
         weight: weight of this batch's root in the running mean (``1/k`` for the k-th batch, 1 = replace).
         layerwise: one bias per step for the whole layer (``[T, 1]``).
         evals, window_evals: evaluations of ``g`` by the root search and by the windowed search (each one
-            subtraction, one comparison and one reduction over the step's tensor).
+            subtraction, one comparison and one reduction over the step's tensor, about a tenth of a conv's cost).
+        first_evals: evaluations of the root search on the first batch (``weight`` 1), which starts from b = 0,
+            far from the root, and whose root weighs most in the running mean.
     """
 
+    GROWTH = 4.0  # most a step may grow over the previous one before the root is bracketed
+
     def __init__(self, target: torch.Tensor, alpha: float, weight: float = 1.0, layerwise: bool = False,
-                 evals: int = 3, window_evals: int = 2) -> None:
+                 evals: int = 4, window_evals: int = 3, first_evals: int = 8) -> None:
         self.target = target.mean().view(1) if layerwise else target
         self.alpha = float(alpha)
         self.weight = float(weight)
         self.layerwise = layerwise
         self.evals = int(evals)
         self.window_evals = int(window_evals)
+        self.first_evals = int(first_evals)
 
     def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, out: torch.Tensor):
         """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``; ``out``
         is the scratch buffer (the same float operations as the deployed step, so ties fire exactly as there)."""
         theta_v = channel_view(theta, vz.dim())
         dims = [0, *range(2, vz.dim())]
-        n = vz.numel() // vz.shape[1]
+        n = dist.all_reduce_count(vz.numel() // vz.shape[1])  # under torchrun: every process's neurons
 
         def error(b: torch.Tensor) -> torch.Tensor:
             torch.sub(vz, channel_view(b, vz.dim()), out=out)
             torch.ge(out, theta_v, out=out)
-            mean = out.sum(dims).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24 neurons per channel
+            mean = dist.all_reduce_sum(out.sum(dims)).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24
             return (mean.mean().view(1) if self.layerwise else mean) - self.target
 
         return error
 
     def _search(self, error, start: torch.Tensor, radius: torch.Tensor | None, evals: int) -> torch.Tensor:
-        """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it)."""
+        """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it).
+
+        Trial points: ``start + α·g`` first; then, once two points have errors of opposite signs (the root is
+        bracketed), regula falsi with the Illinois modification; before that, the secant step towards the root,
+        at most ``GROWTH`` times the previous step. Where ``g`` is exactly 0 nothing moves. Only evaluated points
+        are returned, so at a point mass the result fires all tied neurons or none, whichever is closer to the
+        target on this batch.
+        """
         g = error(start)
         best, best_g = start, g
         inf = torch.full_like(start, float("inf"))
@@ -173,6 +189,7 @@ class FtbcRootRule:
         lo, g_lo = torch.where(g > 0, start, -inf), torch.where(g > 0, g, zero)  # g > 0 below the root
         hi, g_hi = torch.where(g < 0, start, inf), torch.where(g < 0, g, zero)
         b, kept = start, zero  # kept: +1 / -1 if the last evaluation replaced lo / hi (Illinois)
+        b_prev = g_prev = None
         lower, upper = (start - radius, start + radius) if radius is not None else (None, None)
         for i in range(1, evals):
             bracketed = torch.isfinite(lo) & torch.isfinite(hi)
@@ -181,7 +198,12 @@ class FtbcRootRule:
             else:
                 falsi = lo + (hi - lo) * (g_lo / (g_lo - g_hi))
                 falsi = torch.where(torch.isfinite(falsi), falsi, 0.5 * (lo + hi))
-                cand = torch.where(bracketed, falsi, b + 2.0 ** (i - 1) * self.alpha * g)
+                # not bracketed yet: the secant step towards the root, at most GROWTH times the last step
+                last = (b - b_prev).abs()
+                slope = (g - g_prev) / (b - b_prev)
+                newton = torch.where(slope < 0, -g / slope, torch.full_like(g, float("inf"))).abs()
+                step = torch.minimum(newton, self.GROWTH * last)
+                cand = torch.where(bracketed, falsi, b + torch.sign(g) * step)
             if lower is not None:
                 cand = torch.minimum(torch.maximum(cand, lower), upper)
             cand = torch.where(best_g == 0, best, cand)  # exact already: stay (no change without an error)
@@ -194,14 +216,14 @@ class FtbcRootRule:
             lo, hi = torch.where(pos, cand, lo), torch.where(neg, cand, hi)
             g_lo, g_hi = g_lo_new, g_hi_new
             kept = torch.where(pos, 1.0, torch.where(neg, -1.0, kept))
-            b, g = cand, gc
+            b_prev, g_prev, b, g = b, g, cand, gc
         return best
 
     def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
         error = self._error_fn(vz, neuron.theta, out)
         b0 = neuron.bias[t].clone()
-        root = self._search(error, b0, None, self.evals)
+        root = self._search(error, b0, None, self.first_evals if self.weight >= 1.0 else self.evals)
         mean = torch.lerp(b0, root, self.weight)
         if self.weight < 1.0 and self.window_evals > 1:
             mean = self._search(error, mean, (mean - b0).abs(), self.window_evals)
@@ -264,6 +286,7 @@ def fit_biases(
     for step_i in range(total):
         x = images[chosen[step_i % len(chosen)]].to(device)
         targets = ann_channel_means(ann, x, thetas)
+        x = dist.local_part(x)  # torchrun: this process simulates its part (the targets are the whole batch's)
         bad = [n for n in names if not torch.isfinite(targets[n]).all()]
         if bad:
             raise ValueError(f"the ANN's activations in layer {bad[0]!r} are NaN or infinite on the calibration "
@@ -296,6 +319,15 @@ def fit_biases(
     return new, tuple(changes), n_images
 
 
+def _grid(alphas: tuple[float, ...], batches: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
+    """The option sets ``--select auto`` tries: every α with every number of batches of 64."""
+    return tuple({"alpha": a, "batches": b, "batch_size": 64} for a in alphas for b in batches)
+
+
+# The grid benchmarks/accuracy.py chose FTBC's options from (α 0.1/0.2/0.5 x 2/4/8 batches), now in the registry.
+ALPHA_GRID = _grid((0.1, 0.2, 0.5), (2, 4, 8))
+
+
 class _FtbcBase(CalibrationMethod):
     fits_biases = True
     mode = "alpha"
@@ -322,6 +354,7 @@ class FTBC(_FtbcBase):
                    "root search of E[s[t]] = E[a] from the α step) is averaged over batches, then moved to the "
                    "nearer side of any point mass; converges where the paper's α-rule cycles.")
     defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
+    selection_grid = ALPHA_GRID
     mode = "root"
 
 
@@ -333,6 +366,7 @@ class FTBCAlpha(_FtbcBase):
                    "order, each step redone with its new bias. Cycles where a channel's input has a point mass.")
     # Chosen on held-out MNIST training images by benchmarks/accuracy.py (grid α 0.1/0.2/0.5 x 2/4/8 batches).
     defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
+    selection_grid = ALPHA_GRID
 
 
 @register
@@ -342,6 +376,7 @@ class FTBCExact(_FtbcBase):
     description = ("Per channel and step, the bias that makes the fraction of firing neurons equal E[a]/θ, "
                    "solved directly as a quantile of v[t−1] + z[t] − θ; averaged over batches.")
     defaults: dict[str, Any] = {"batches": 4, "batch_size": 64, "seed": 0}
+    selection_grid = ({"batches": 1, "batch_size": 64}, {"batches": 4, "batch_size": 64})
     mode = "exact"
 
 
@@ -349,6 +384,8 @@ class FTBCExact(_FtbcBase):
 class FTBCLayer(_FtbcBase):
     name = "ftbc-layer"
     label = "FTBC layer-wise"
-    description = "The α-iteration with one bias per layer and step (shared by all channels)."
+    description = ("The paper's α-rule (as ftbc-alpha) with one bias per layer and step, shared by all "
+                   "channels.")
     defaults: dict[str, Any] = {"alpha": 0.1, "batches": 8, "batch_size": 64, "passes": 1, "seed": 0}
+    selection_grid = tuple({"alpha": a, "batches": 4, "batch_size": 64} for a in (0.1, 0.2, 0.5))
     layerwise = True
