@@ -12,9 +12,9 @@ steps, and simulated once to max(T) on the first ``--limit`` test images; the ac
 from that one run (biases and simulation are causal).
 
 Printed per method: a table of the accuracy at each asked T for every (batches, seed) with the mean |Δb| of the
-first and last calibration batch (columns ``Δb first``, ``Δb last``: ``CalibrationReport.bias_change``, the convergence curve; in units of the
-biases, i.e. of the layer's input current) and the calibration time; then per T the mean, standard deviation
-(sample, n − 1), min, max and spread (max − min) over all runs. Everything, with the whole |Δb| curve of every
+first and last calibration batch (columns ``Δb first``, ``Δb last``: ``CalibrationReport.bias_change``, the
+convergence curve, in the units of the biases, i.e. of the layer's input current) and the calibration time; then
+per T the mean, standard deviation (sample, n − 1), min, max and spread (max − min) over all runs. Everything, with the whole |Δb| curve of every
 run, goes to ``benchmarks/results/ftbc_stability-<model>.json`` (or ``--out``).
 """
 

@@ -130,7 +130,7 @@ def require_measured_run() -> tuple[Run, list[str]]:
 
 # -- starting a run --------------------------------------------------------------------------------------------------
 def _fits_biases(method: str) -> bool:
-    return bool(getattr(METHODS.get(method), "fits_biases", method in ("ftbc", "ftbc-exact", "ftbc-layer")))
+    return method in METHODS and METHODS[method].fits_biases
 
 
 def memory_problem(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str | None:

@@ -11,10 +11,11 @@ import numpy as np
 
 from dashboard.figures import label
 from dashboard.per_image import ImagePredictions
+from ftbc_core.calibration import METHODS
 from ftbc_core.experiment import ExperimentResult
 from ftbc_core.neuron_lab import NeuronTrace, error_parts, simulate_if_neurons
 
-BIAS_FIRST = ("ftbc", "ftbc-exact", "ftbc-layer")
+BIAS_FIRST = tuple(m for m in METHODS if METHODS[m].fits_biases)  # the registry's bias methods, in its order
 STEPS = ("One neuron's three errors", "The accuracy gap over T", "Which layers carry it", "The biases FTBC fits",
          "Membrane potentials before and after", "One image FTBC fixes")
 PAGES = (("views/neuron_lab.py", "Neuron lab"), ("views/accuracy.py", "Accuracy vs time step"),
