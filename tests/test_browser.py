@@ -65,7 +65,7 @@ def driver(tmp_path_factory):
         drv.quit()
 
 
-def _settle(drv, title: str, timeout: float = 120.0) -> None:
+def _settle(drv, title: str, timeout: float = 300.0) -> None:
     """Wait until the page shows its title, the app is no longer running, and no exception box is shown."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
