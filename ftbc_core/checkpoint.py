@@ -24,7 +24,8 @@ from torch import nn
 from .models import ACTIVATIONS, ARCHITECTURES, build_model
 from .neuron import QCFS
 
-__all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "read_card", "atomic_write_bytes"]
+__all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "read_card", "atomic_write_bytes",
+           "check_state_dict"]
 
 FORMAT = "ftbc-explorer/1"
 CARD_KEY = "ftbc_card"
@@ -188,21 +189,36 @@ def _parse(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], ModelCard]
     return tensors, card
 
 
-def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], label: str, card: ModelCard) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
+def check_state_dict(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str, what: str,
+                     optional: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointError (one line) unless ``tensors`` has exactly ``expected``'s keys (those ending in one of
+    ``optional`` may be absent) with the same shapes, floating point where expected is, and finite values.
+
+    Args:
+        label: how the message names the file; what: what it must fit (``a resnet20 model with 10 classes``).
+    """
+    missing = [k for k in expected if k not in tensors and not (optional and k.endswith(optional))]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{label} does not fit a {card.arch} ({card.activation}) model: {what} "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    for key, ref in expected.items():
-        got = tensors[key]
-        if tuple(got.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{label} does not fit a {card.arch} model with {card.num_classes} classes: "
-                                  f"{key} has shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
-        if got.is_floating_point() and not torch.isfinite(got).all():
-            raise CheckpointError(f"{label} has NaN or infinite values in {key}")
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise CheckpointError(f"{label} does not fit {what}: {first} ({len(missing)} missing, {len(unexpected)} "
+                              f"unexpected of {len(tensors)} tensors)")
+    for key, value in tensors.items():
+        ref = expected[key]
+        if tuple(value.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{label} does not fit {what}: {key} has shape {tuple(value.shape)}, expected "
+                                  f"{tuple(ref.shape)}")
+        if ref.is_floating_point():
+            if not value.is_floating_point():
+                raise CheckpointError(f"{label}: {key} has dtype {value.dtype}, expected floating point")
+            if not torch.isfinite(value).all():
+                raise CheckpointError(f"{label} has NaN or infinite values in {key}")
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], label: str, card: ModelCard) -> None:
+    expected = model.state_dict()
+    check_state_dict(tensors, expected, label, f"a {card.arch} ({card.activation}) model with {card.num_classes} "
+                     "classes")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     for name, module in model.named_modules():
         lam = float(module.threshold.detach()) if isinstance(module, QCFS) else 1.0

@@ -38,7 +38,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .neuron import QCFS, IFNeuron
 
 __all__ = ["ConversionError", "ActivationSpec", "DEFAULT_MAPPING", "NAMED_MAPPING", "Site", "trace_sites",
-           "activation_sites", "trace_model", "spiking_graph", "fold_batchnorm_graph"]
+           "activation_sites", "observe_activations", "clip_to_threshold", "trace_model",
+           "spiking_graph", "fold_batchnorm_graph"]
 
 
 class ConversionError(ValueError):
@@ -372,6 +373,31 @@ def activation_sites(model: nn.Module, mapping: Mapping | None = None) -> tuple[
     return trace_sites(model, mapping)
 
 
+@torch.no_grad()
+def observe_activations(model: nn.Module, batches: list[torch.Tensor] | torch.Tensor,
+                        fn: Callable[[str, torch.Tensor], None], mapping: Mapping | None = None) -> None:
+    """Run ``model`` in eval mode (its mode restored after) on ``batches`` and call ``fn(site name, output)`` at
+    every activation call, each call site separately (see :func:`activation_sites`)."""
+    probe, sites = activation_sites(model, mapping)
+    handles = [probe.get_submodule(s.name).register_forward_hook(lambda _m, _i, out, n=s.name: fn(n, out))
+               for s in sites]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in ([batches] if isinstance(batches, torch.Tensor) else batches):
+            probe(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def clip_to_threshold(out: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """An activation ``[B, C, ...]`` clipped to ``[0, θ]`` (``θ`` ``[C]`` or ``[1]``), float32: what an IF layer
+    with threshold θ can express."""
+    return torch.minimum(out.float().clamp_min(0), theta.to(out.device).view(-1, *([1] * (out.dim() - 2))))
+
+
 # -- the spiking graph ---------------------------------------------------------------------------------------
 
 
@@ -487,6 +513,9 @@ def _check_linear(node: fx.Node, module: nn.Module | None, arg_kinds: list[str])
         if node.target in _MAXPOOL_FUNCTIONS:
             raise ConversionError(f"{_describe(node)} max-pools spikes: the max of spike trains is not the spike "
                                   "train of the max; train with average pooling (F.avg_pool2d)")
+        if node.target is operator.getitem:
+            _check_index(node)
+            return
         if node.target in _LINEAR_FUNCTIONS:
             _check_batch_axis(node)
             return
@@ -503,6 +532,16 @@ def _check_linear(node: fx.Node, module: nn.Module | None, arg_kinds: list[str])
     name = getattr(node.target, "__name__", str(node.target))
     raise ConversionError(f"{_describe(node)} applies {name} to spikes, which is not linear per step: the SNN "
                           "cannot compute it faithfully; move it before the first activation or replace it")
+
+
+def _check_index(node: fx.Node) -> None:
+    """Refuse indexing spikes along axis 0 (``x[0]``, ``x[:2]``): it would pick steps of images, not images."""
+    index = node.args[1] if len(node.args) > 1 else None
+    first = index[0] if isinstance(index, tuple) and index else index
+    if first is Ellipsis or (isinstance(first, slice) and first == slice(None)):
+        return
+    raise ConversionError(f"{_describe(node)} indexes axis 0 (images), which the simulator flattens with time; "
+                          "index axes >= 1 only (x[:, ...])")
 
 
 def _check_batch_axis(node: fx.Node) -> None:

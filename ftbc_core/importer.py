@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, ModelCard, save_checkpoint
+from .checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, ModelCard, check_state_dict, save_checkpoint
 from .models import build_model
 from .public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 
@@ -111,23 +111,9 @@ def _public_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 
 def _check_fit(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str, what: str) -> None:
-    optional = [k for k in expected if k.endswith("num_batches_tracked")]  # unused in eval; old files may lack it
-    missing = [k for k in expected if k not in tensors and k not in optional]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{label} does not fit {what}: {first} ({len(missing)} missing, {len(unexpected)} "
-                              f"unexpected of {len(tensors)} tensors)")
+    # num_batches_tracked is unused in eval mode and old files may lack it
+    check_state_dict(tensors, expected, label, what, optional=("num_batches_tracked",))
     for key, value in tensors.items():
-        ref = expected[key]
-        if tuple(value.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{label} does not fit {what}: {key} has shape {tuple(value.shape)}, expected "
-                                  f"{tuple(ref.shape)}")
-        if ref.is_floating_point():
-            if not value.is_floating_point():
-                raise CheckpointError(f"{label}: {key} has dtype {value.dtype}, expected floating point")
-            if not torch.isfinite(value).all():
-                raise CheckpointError(f"{label} has NaN or infinite values in {key}")
         if key.endswith("running_var") and (value < 0).any():
             raise CheckpointError(f"{label} has a negative BatchNorm running variance in {key}")
         if (key == "up" or key.endswith(".up")) and not (value > 0).all():

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .convert import activation_sites
+from .convert import activation_sites, clip_to_threshold, observe_activations
 from .neuron import IFNeuron, channel_view
 from .snn import SpikingNetwork
 
@@ -136,22 +136,7 @@ class Recorder:
     def observe_ann(self, x: torch.Tensor) -> None:
         """Run the ANN on ``x`` and keep its activations (clipped to [0, θ]) for the next simulation."""
         thetas = {n: neuron.theta for n, neuron in zip(self.names, self.snn.neurons)}
-        probe, _ = activation_sites(self.ann)
-
-        def hook_for(name: str):
-            def hook(_m, _i, out):
-                theta = channel_view(thetas[name].to(out.device), out.dim())
-                self._acts[name] = torch.minimum(out.float().clamp_min(0), theta)
-
-            return hook
-
-        handles = [probe.get_submodule(n).register_forward_hook(hook_for(n)) for n in self.names]
-        try:
-            self.ann.eval()
-            probe(x)
-        finally:
-            for h in handles:
-                h.remove()
+        observe_activations(self.ann, x, lambda n, out: self._acts.__setitem__(n, clip_to_threshold(out, thetas[n])))
         self._n_images += x.shape[0]
 
     def _buffers(self, name: str, theta: torch.Tensor) -> dict[str, torch.Tensor]:

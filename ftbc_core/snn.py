@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .convert import Mapping, Site, activation_sites, fold_batchnorm_graph, spiking_graph, trace_model
+from .convert import (Mapping, Site, activation_sites, fold_batchnorm_graph, observe_activations, spiking_graph,
+                      trace_model)
 from .neuron import IFNeuron
 
 __all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "fold_batchnorm", "MAX_TIMESTEPS",
@@ -158,33 +159,21 @@ def activation_thresholds(
         raise ValueError(f"threshold mode must be 'max' or 'percentile', got {mode!r}")
     if images.shape[0] == 0:
         raise ValueError("threshold statistics need at least one image")
-    probe, sites = activation_sites(ann, mapping)
-    store: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
+    store: dict[str, list[torch.Tensor]] = {site.name: [] for site in activation_sites(ann, mapping)[1]}
     gen = torch.Generator().manual_seed(seed)
     per_batch = max(1, max_samples * batch_size // max(images.shape[0], 1))
 
-    def hook_for(name: str):
-        def hook(_m, _i, out: torch.Tensor) -> None:
-            a = out.detach().float().transpose(0, 1).reshape(out.shape[1], -1)  # [C, N*H*W]
-            if mode == "max":
-                store[name].append(a.amax(dim=1) if per_channel else a.max().view(1))
-                return
-            keep = min(a.shape[1], max(1, per_batch // a.shape[0]))
-            idx = torch.randperm(a.shape[1], generator=gen)[:keep].to(a.device)
-            store[name].append(a[:, idx])
+    def collect(name: str, out: torch.Tensor) -> None:
+        a = out.detach().float().transpose(0, 1).reshape(out.shape[1], -1)  # [C, N*H*W]
+        if mode == "max":
+            store[name].append(a.amax(dim=1) if per_channel else a.max().view(1))
+            return
+        keep = min(a.shape[1], max(1, per_batch // a.shape[0]))
+        idx = torch.randperm(a.shape[1], generator=gen)[:keep].to(a.device)
+        store[name].append(a[:, idx])
 
-        return hook
-
-    was_training = ann.training
-    ann.eval()
-    handles = [probe.get_submodule(site.name).register_forward_hook(hook_for(site.name)) for site in sites]
-    try:
-        for i in range(0, images.shape[0], batch_size):
-            probe(images[i : i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        ann.train(was_training)
+    batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
+    observe_activations(ann, list(batches), collect, mapping)
     result = {}
     for name, chunks in store.items():
         if mode == "max":

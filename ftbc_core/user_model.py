@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from torch import nn
 
-from .checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, ModelCard
+from .checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, ModelCard, check_state_dict
 from .data import get_info
 from .models import Normalize
 
@@ -59,18 +59,7 @@ def _load_weights(model: nn.Module, weights: str | Path) -> None:
         raise CheckpointError(f"--weights {path} is not a valid safetensors file ({str(err).splitlines()[0]})") \
             from None
     expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"--weights {path} does not fit the model: {what} ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected tensors)")
-    for key, ref in expected.items():
-        if tuple(tensors[key].shape) != tuple(ref.shape):
-            raise CheckpointError(f"--weights {path}: {key} has shape {tuple(tensors[key].shape)}, the model "
-                                  f"expects {tuple(ref.shape)}")
-        if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
-            raise CheckpointError(f"--weights {path} has NaN or infinite values in {key}")
+    check_state_dict(tensors, expected, f"--weights {path}", "the model")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 

@@ -394,3 +394,25 @@ def test_the_cos_and_ftbc_codes_activations_map_by_name():
     model[3].T = 4
     with pytest.raises(ConversionError, match=r"layer '3': IF is already a spiking layer \(T = 4\); give the ANN"):
         trace_sites(model)
+
+
+def test_indexing_the_image_axis_of_spikes_is_refused():
+    class FirstImage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x))[0:1])
+
+    class Channels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x))[:, :2])
+
+    with pytest.raises(ConversionError, match=r"indexes axis 0 \(images\)"):
+        to_snn(FirstImage(), images=torch.rand(4, 4))
+    assert to_snn(Channels(), images=torch.rand(4, 4)).layer_names == ["relu"]  # indexing channels is linear per step: allowed

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..convert import activation_sites
+from ..convert import clip_to_threshold, observe_activations
 from ..snn import SpikingNetwork
 
 __all__ = ["CalibrationMethod", "CalibrationReport", "METHODS", "register", "get_method", "ann_channel_means",
@@ -247,22 +247,9 @@ def ann_channel_means(ann: nn.Module, x: torch.Tensor, thetas: dict[str, torch.T
     with threshold θ can express): ``{name: [C]}`` from one hooked forward pass on ``x``."""
     means: dict[str, torch.Tensor] = {}
 
-    def hook_for(name: str):
-        def hook(_m, _i, out):
-            theta = thetas[name].to(out.device).view(-1, *([1] * (out.dim() - 2)))
-            a = torch.minimum(out.float().clamp_min(0), theta)
-            means[name] = a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
+    def keep(name: str, out: torch.Tensor) -> None:
+        a = clip_to_threshold(out, thetas[name])
+        means[name] = a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
 
-        return hook
-
-    was_training = ann.training
-    ann.eval()
-    probe, sites = activation_sites(ann)
-    handles = [probe.get_submodule(s.name).register_forward_hook(hook_for(s.name)) for s in sites]
-    try:
-        probe(x)
-    finally:
-        for h in handles:
-            h.remove()
-        ann.train(was_training)
+    observe_activations(ann, x, keep)
     return means

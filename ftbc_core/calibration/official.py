@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..convert import activation_sites
+from ..convert import activation_sites, clip_to_threshold, observe_activations
 from ..neuron import QCFS, IFNeuron, channel_view, if_step
 from ..snn import SpikingNetwork, check_timesteps
 from .base import CalibrationMethod, CalibrationReport, Progress, check_options, copy_snn, register
@@ -100,24 +100,7 @@ def reference_activations(ann: nn.Module, x: torch.Tensor, thetas: dict[str, tor
         for m in qcfs:
             m.levels = int(reference_levels)
     acts: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(_m, _i, out):
-            theta = channel_view(thetas[name].to(out.device), out.dim())
-            acts[name] = torch.minimum(out.float().clamp_min(0), theta)
-
-        return hook
-
-    was_training = model.training
-    model.eval()
-    probe, sites = activation_sites(model)
-    handles = [probe.get_submodule(s.name).register_forward_hook(hook_for(s.name)) for s in sites]
-    try:
-        probe(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    observe_activations(model, x, lambda name, out: acts.__setitem__(name, clip_to_threshold(out, thetas[name])))
     return acts
 
 
