@@ -71,14 +71,12 @@ def reference_fit_biases(snn: SpikingNetwork, ann: nn.Module, images: torch.Tens
             targets = ann_channel_means(ann, x, thetas)  # the reference re-runs the ANN for every layer
             if neuron.bias.shape != (timesteps, targets[name].numel()):
                 neuron.bias = torch.zeros(timesteps, targets[name].numel())
-            neuron.step_rule = FtbcRule(targets[name], alpha)
             handle = neuron.register_forward_hook(_stop_hook)
             try:
-                new.simulate(x, timesteps)
+                new.simulate(x, timesteps, rules={neuron: FtbcRule(targets[name], alpha)})
             except _StopForward:
                 pass
             finally:
-                neuron.step_rule = None
                 handle.remove()
     return new
 

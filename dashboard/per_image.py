@@ -139,9 +139,8 @@ def trace_layer(net: SpikingNetwork, ann: nn.Module, x: torch.Tensor, timesteps:
         charge.append((u[0].reshape(-1)[idx] / theta[idx]).cpu())
         spikes.append((s[0].reshape(-1)[idx] > 0).cpu())
 
-    neuron.step_hooks.append(on_step)
     device = next(net.parameters()).device
-    net.simulate(x.to(device), timesteps + net.latency)
+    net.simulate(x.to(device), timesteps + net.latency, hooks={neuron: (on_step,)})
     idx = chosen["idx"]
 
     probe, _ = activation_sites(ann)

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="use only the first N train/test images (smoke tests)")
     p.add_argument("--half", action="store_true", help="store float16 weights (accuracy measured after rounding)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt if it exists")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (a shipped name or a path; same arch, "
+                   "dataset, activation and L) with a new schedule: fine-tuning")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
 
     p = sub.add_parser("evaluate", help="accuracy of the ANN and of the SNN with each correction method")
@@ -157,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=_device(args.device),
         fast=not args.no_fast,
-        compile=args.compile, notes=args.notes, limit=args.limit, half=args.half,
+        compile=args.compile, notes=args.notes, limit=args.limit, half=args.half, init_from=args.init_from,
         command="ftbc " + shlex.join(args.argv),
     )
     train(cfg, resume=args.resume, progress=sys.stderr.isatty(), log=lambda m: print(m, flush=True))

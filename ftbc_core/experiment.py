@@ -4,7 +4,6 @@ and by the dashboard."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -253,16 +252,14 @@ def simulate_dataset(
     part = dist.shard_of(data)  # this process's images (all of them in a single process)
     recorder = Recorder(net, ann, timesteps) if record and dist.is_main() else None
     done = 0
-    with dist.exact_float32(), contextlib.ExitStack() as hooks:
-        if recorder is not None:
-            hooks.enter_context(recorder)
+    with dist.exact_float32():
         for x, y in iterate_batches(part, chunk):
             x, y = dist.to_device(x, device), dist.to_device(y, device)
+            hooks = None  # enough images measured (or no measuring): the batch runs without observers
             if recorder is not None and (record_images is None or done < record_images):
                 recorder.observe_ann(x)
-            else:
-                hooks.close()  # enough images measured: the remaining batches run without hooks
-            out = running_mean(net.simulate(x, total_steps)[net.latency :])
+                hooks = recorder.hooks
+            out = running_mean(net.simulate(x, total_steps, hooks=hooks)[net.latency :])
             correct += (out.argmax(-1) == y.view(1, -1)).sum(1)
             done += len(y)
             if progress:

@@ -81,12 +81,8 @@ def trace_image(
         rows.append(fired[chosen["idx"].to(fired.device)].cpu())
         rates.append(float(fired.float().mean()))
 
-    neuron.step_hooks.append(hook)
-    try:
-        device = next(net.parameters()).device
-        per_step = net.simulate(x.to(device), timesteps + latency)[latency:, 0]  # [T, K]
-    finally:
-        neuron.step_hooks.remove(hook)
+    device = next(net.parameters()).device
+    per_step = net.simulate(x.to(device), timesteps + latency, hooks={neuron: (hook,)})[latency:, 0]  # [T, K]
     logits = running_mean(per_step.float())
     idx = chosen["idx"]
     return ImageTrace(layer=layer, logits=logits.cpu().numpy(), probabilities=logits.softmax(-1).cpu().numpy(),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .convert import activation_sites, clip_to_threshold, observe_activations
-from .neuron import IFNeuron, channel_view
+from .neuron import IFNeuron, StepHook, channel_view
 from .snn import SpikingNetwork
 
 __all__ = ["Recorder", "Measurements", "HIST_EDGES"]
@@ -100,10 +100,10 @@ class Recorder:
 
     Usage::
 
-        with Recorder(snn, ann, T) as rec:
-            for x in batches:
-                rec.observe_ann(x)          # one ANN forward: the reference activations of this batch
-                snn.simulate(x, T + snn.latency)
+        rec = Recorder(snn, ann, T)
+        for x in batches:
+            rec.observe_ann(x)                              # the ANN's activations of this batch
+            snn.simulate(x, T + snn.latency, hooks=rec.hooks)
         m = rec.result()
     """
 
@@ -120,16 +120,10 @@ class Recorder:
         self._n_images = 0
         self._handles: list = []
 
-    # -- context -------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Recorder":
-        for neuron in self.snn.neurons:
-            neuron.step_hooks.append(self._on_step)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for neuron in self.snn.neurons:
-            if self._on_step in neuron.step_hooks:
-                neuron.step_hooks.remove(self._on_step)
+    @property
+    def hooks(self) -> dict[IFNeuron, tuple[StepHook, ...]]:
+        """The step observers to pass to ``snn.simulate(..., hooks=rec.hooks)`` for a measured batch."""
+        return {neuron: (self._on_step,) for neuron in self.snn.neurons}
 
     # -- collection ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -14,12 +14,16 @@ Integrate-and-fire with reset by subtraction (../docs in the README), per step t
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["QCFS", "IFNeuron", "if_step", "channel_view", "StepHook", "qcfs_reference"]
+__all__ = ["QCFS", "IFNeuron", "if_step", "channel_view", "StepHook", "StepRule", "Run", "running", "current_run",
+           "qcfs_reference"]
 
 
 class _FloorSTE(torch.autograd.Function):
@@ -131,6 +135,54 @@ class StepHook(Protocol):
 StepRule = Callable[["IFNeuron", int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One forward call of a spiking network: its ``(T, B)`` and, per IF layer, who decides or observes the steps.
+
+    Attributes:
+        timesteps, batch: the steps simulated and the images in the call.
+        rules: ``{layer: rule}`` for layers whose steps a calibration method decides (:data:`StepRule`).
+        hooks: ``{layer: observers}`` called after every step of that layer (:class:`StepHook`).
+
+    Callers pass rules and hooks to :meth:`~ftbc_core.snn.SpikingNetwork.simulate`, which makes the run current
+    for that call only (:func:`running`); the layers read it with :func:`current_run`. Nothing is stored on a
+    layer, so a cached network is never left with another caller's rule or observer.
+    """
+
+    timesteps: int
+    batch: int
+    rules: Mapping["IFNeuron", "StepRule"] = field(default_factory=dict)
+    hooks: Mapping["IFNeuron", Sequence["StepHook"]] = field(default_factory=dict)
+
+    def rule(self, neuron: "IFNeuron") -> "StepRule | None":
+        return self.rules.get(neuron)
+
+    def hooks_of(self, neuron: "IFNeuron") -> Sequence["StepHook"]:
+        return self.hooks.get(neuron, ())
+
+
+# The run of the forward call in progress, in this thread (the traced graph passes tensors only).
+_RUN: contextvars.ContextVar[Run | None] = contextvars.ContextVar("ftbc_run", default=None)
+
+
+@contextlib.contextmanager
+def running(run: Run) -> Iterator[Run]:
+    """Make ``run`` current for the forward call inside this context (restores the previous one after)."""
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
+
+
+def current_run() -> Run:
+    """The run of the forward call in progress; an error outside one (the number of steps is unknown)."""
+    run = _RUN.get()
+    if run is None:
+        raise RuntimeError("IFNeuron called outside SpikingNetwork.simulate/forward (the number of steps is unknown)")
+    return run
+
+
 class IFNeuron(nn.Module):
     """A layer of integrate-and-fire neurons, the spiking replacement of one QCFS/ReLU activation.
 
@@ -139,8 +191,8 @@ class IFNeuron(nn.Module):
         bias: ``[T_b, C]`` per-step, per-channel FTBC biases (``T_b = 0`` until calibrated; steps ``t >= T_b``
             use no bias).
 
-    The number of steps and the batch size of a run are set by :class:`~ftbc_core.snn.SpikingNetwork` for the
-    duration of one forward call; nothing else survives between calls (the membrane state is local).
+    The number of steps, the batch size, and any step rule or observers come from the :class:`Run` of the
+    forward call in progress; nothing survives between calls (the membrane state is local).
     """
 
     def __init__(self, theta: torch.Tensor, v0_fraction: float = 0.5, name: str = "") -> None:
@@ -152,9 +204,6 @@ class IFNeuron(nn.Module):
         self.register_buffer("bias", torch.zeros(0, 1))
         self.v0_fraction = float(v0_fraction)
         self.name = name
-        self.run_shape: tuple[int, int] | None = None  # (T, B) during a forward call
-        self.step_rule: StepRule | None = None  # set temporarily by calibration methods
-        self.step_hooks: list[StepHook] = []
 
     # -- parameters --------------------------------------------------------------------------------------
     def set_bias(self, bias: torch.Tensor) -> None:
@@ -179,11 +228,11 @@ class IFNeuron(nn.Module):
         return v
 
     # -- simulation ----------------------------------------------------------------------------------------
-    def as_sequence(self, z: torch.Tensor) -> torch.Tensor:
-        """View the input as ``[T, B, ...]``; a static ``[B, ...]`` input is expanded without copying."""
-        if self.run_shape is None:
-            raise RuntimeError("IFNeuron called outside SpikingNetwork.forward (the number of steps is unknown)")
-        steps, batch = self.run_shape
+    def as_sequence(self, z: torch.Tensor, run: Run | None = None) -> torch.Tensor:
+        """View the input as ``[T, B, ...]`` (``(T, B)`` of ``run``, by default the current one); a static
+        ``[B, ...]`` input is expanded without copying."""
+        run = run or current_run()
+        steps, batch = run.timesteps, run.batch
         if z.shape[0] == steps * batch:
             return z.view(steps, batch, *z.shape[1:])
         if z.shape[0] == batch:
@@ -199,31 +248,33 @@ class IFNeuron(nn.Module):
 
         The output keeps the memory format of the input (channels-last stays channels-last for the next conv).
         """
-        z_seq = self.as_sequence(z)
+        run = current_run()
+        z_seq = self.as_sequence(z, run)
         steps, batch = z_seq.shape[:2]
         fmt = _memory_format(z)
         out = torch.empty((steps * batch, *z_seq.shape[2:]), dtype=z_seq.dtype, device=z_seq.device,
                           **({"memory_format": fmt} if fmt is not None else {}))
         out_seq = out.view(steps, batch, *z_seq.shape[2:])
         v = self.initial_potential(z_seq[0])
-        if self.step_rule is None:
-            self._run_plain(v, z_seq, out_seq)
+        rule, hooks = run.rule(self), run.hooks_of(self)
+        if rule is None:
+            self._run_plain(v, z_seq, out_seq, hooks)
             return out
         for t in range(steps):
-            v = self.step_rule(self, t, v, z_seq[t], out_seq[t])
-            if self.step_hooks:
+            v = rule(self, t, v, z_seq[t], out_seq[t])
+            if hooks:
                 u = v + out_seq[t]
-                for hook in self.step_hooks:
+                for hook in hooks:
                     hook(self, t, u, out_seq[t])
         return out
 
-    def _run_plain(self, v: torch.Tensor, z_seq: torch.Tensor, out_seq: torch.Tensor) -> None:
+    def _run_plain(self, v: torch.Tensor, z_seq: torch.Tensor, out_seq: torch.Tensor,
+                   hooks: Sequence[StepHook]) -> None:
         """:func:`if_step` for every step, in place and without temporaries (same operations, same rounding).
 
         Step hooks see the exact charge ``u`` (the potential before the reset, read-only) and the step's spikes.
         """
         theta = channel_view(self.theta, v.dim())
-        hooks = self.step_hooks
         for t in range(z_seq.shape[0]):
             v.add_(z_seq[t])  # u = v + z - b
             if t < self.bias.shape[0]:

@@ -9,16 +9,15 @@ is folded into one conv by default (:func:`fold_batchnorm`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Callable, Iterator
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .convert import (Mapping, Site, activation_sites, fold_batchnorm_graph, observe_activations, spiking_graph,
                       trace_model)
-from .neuron import IFNeuron
+from .neuron import IFNeuron, Run, StepHook, StepRule, running
 
 __all__ = ["SpikingNetwork", "to_snn", "activation_thresholds", "check_timesteps", "fold_batchnorm", "MAX_TIMESTEPS",
            "DEFAULT_MAX_BATCH_STEPS", "GPU_MAX_BATCH_STEPS", "GPU_MEMORY_FRACTION"]
@@ -66,21 +65,27 @@ class SpikingNetwork(nn.Module):
         """The IF layers in forward order."""
         return [self.net.get_submodule(n) for n in self.layer_names]
 
-    @contextlib.contextmanager
-    def running(self, timesteps: int, batch: int) -> Iterator[None]:
-        """Tell every IF layer the ``(T, B)`` of the forward call that runs inside this context."""
-        for neuron in self.neurons:
-            neuron.run_shape = (timesteps, batch)
-        try:
-            yield
-        finally:
-            for neuron in self.neurons:
-                neuron.run_shape = None
+    def step_rules(self) -> dict[IFNeuron, StepRule]:
+        """The step rules this network always runs with (none; a variant such as lock-step COS has its own)."""
+        return {}
 
-    def simulate(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        """One chunk, no averaging: ``x: [B, C, H, W]`` -> per-step outputs ``[T, B, classes]``."""
+    def simulate(
+        self,
+        x: torch.Tensor,
+        timesteps: int,
+        *,
+        rules: Mapping[IFNeuron, StepRule] | None = None,
+        hooks: Mapping[IFNeuron, Sequence[StepHook]] | None = None,
+    ) -> torch.Tensor:
+        """One chunk, no averaging: ``x: [B, C, H, W]`` -> per-step outputs ``[T, B, classes]``.
+
+        Args:
+            rules: ``{layer: step rule}`` deciding those layers' steps in this call (calibration methods).
+            hooks: ``{layer: observers}`` called after each step of those layers in this call (measurements).
+        """
         timesteps = check_timesteps(timesteps)
-        with self.running(timesteps, x.shape[0]):
+        run = Run(timesteps, x.shape[0], {**self.step_rules(), **(rules or {})}, dict(hooks or {}))
+        with running(run):
             out = self.net(x)
         if out.shape[0] == x.shape[0] and timesteps > 1:  # no spiking layer on the path: constant output
             out = out.unsqueeze(0).expand(timesteps, *out.shape)

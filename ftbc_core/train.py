@@ -55,6 +55,7 @@ class TrainConfig:
     compile: bool = False
     limit: int | None = None
     half: bool = False
+    init_from: str | None = None
     name: str | None = None
     notes: str = ""
     command: str = ""
@@ -123,6 +124,21 @@ def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1.0, total - warm)))
 
 
+def _init_from(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    """Start from a checkpoint's weights (a new schedule: the optimizer state and epochs start afresh)."""
+    from .assets import resolve_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    path = resolve_checkpoint(cfg.init_from)
+    source, card = load_checkpoint(path, arch=cfg.arch, dataset=cfg.dataset)
+    if card.activation != cfg.activation or (cfg.activation == "qcfs" and card.levels != cfg.levels):
+        raise CheckpointError(f"--init-from {path} is a {card.activation} model (L = {card.levels}), not "
+                              f"{cfg.activation} (L = {cfg.levels}); pass the same --activation/--levels")
+    model.load_state_dict(source.state_dict())
+    log(f"initialised from {path} (ANN {card.ann_test_accuracy:.2f}% on its card); a new {cfg.epochs}-epoch "
+        f"schedule starts at lr {cfg.lr:g}")
+
+
 def _resume_path(out: str) -> Path:
     return Path(out).with_name(Path(out).name + ".resume.pt")
 
@@ -145,6 +161,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, cfg.activation, cfg.levels, info.num_classes, info.image_shape[2],
                         info.mean, info.std, cfg.init_threshold).to(device)
+    if cfg.init_from and not (resume and _resume_path(cfg.out).exists()):
+        _init_from(model, cfg, log)
     fast = cfg.fast
     autocast = fast and (device.type != "cpu" or cpu_has_native_bf16())
     if fast:
@@ -228,7 +246,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                "fast_path": fast, "device": str(device),
                "bf16_autocast": autocast, "compile": cfg.compile,
                "stored_as": "float16" if cfg.half else "float32",
-               "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history},
+               "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
+               **({"init_from": str(cfg.init_from)} if cfg.init_from else {})},
     )
     path = save_checkpoint(model, card, cfg.out, half=cfg.half)
     log(f"saved {path}: ANN test accuracy {accuracy:.2f}% on {len(test_set)} images (float32)")

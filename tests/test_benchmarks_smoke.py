@@ -237,14 +237,10 @@ def test_residual_error_parts_match_a_direct_computation(tiny_cnn, mnist_like):
     def keep(neuron, t, u, s):
         spikes[neuron.name].append(s.double().clone())
 
-    with Recorder(net, tiny_cnn, steps) as rec:
-        for neuron in net.neurons:
-            neuron.step_hooks.append(keep)
-        rec.observe_ann(x)
-        with torch.no_grad():
-            net.simulate(x, steps)
-    for neuron in net.neurons:
-        neuron.step_hooks.remove(keep)
+    rec = Recorder(net, tiny_cnn, steps)
+    rec.observe_ann(x)
+    with torch.no_grad():
+        net.simulate(x, steps, hooks={n: (*hooks, keep) for n, hooks in rec.hooks.items()})
     meas = rec.result()
     for t in (1, steps):
         rows = residual_error.error_parts(meas, t)

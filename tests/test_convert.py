@@ -74,9 +74,9 @@ def test_recorder_compares_each_call_with_its_own_activations():
     model = _resnet18()
     x = torch.rand(8, 3, 32, 32)
     snn = to_snn(model, images=x)
-    with Recorder(snn, model, 2) as rec:
-        rec.observe_ann(x)
-        snn.simulate(x, 2)
+    rec = Recorder(snn, model, 2)
+    rec.observe_ann(x)
+    snn.simulate(x, 2, hooks=rec.hooks)
     meas = rec.result()
     # the second call's ANN mean, computed independently: the output of block.relu's 2nd call in the ANN
     outs: list[torch.Tensor] = []

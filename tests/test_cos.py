@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from ftbc_core.calibration import METHODS, get_method
 from ftbc_core.calibration.base import copy_snn
 from ftbc_core.calibration.cos import CosReplayNeuron
-from ftbc_core.neuron import QCFS, IFNeuron, channel_view, if_step
+from ftbc_core.neuron import QCFS, IFNeuron, Run, channel_view, if_step, running
 from ftbc_core.snn import SpikingNetwork, running_mean, to_snn
 
 F64 = torch.float64
@@ -25,19 +25,13 @@ F64 = torch.float64
 def _spike_frames(net: SpikingNetwork, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(per-step outputs, {layer: [steps, B, ...] spikes as emitted})`` of one ``simulate(x, steps)``."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in net.layer_names}
-    hooks = []
-    for neuron in net.neurons:
-        def hook(n, t, _u, s):
-            assert t == len(seen[n.name]), "step hooks must see every frame, in order"
-            seen[n.name].append(s.clone())
-        neuron.step_hooks.append(hook)
-        hooks.append((neuron, hook))
-    try:
-        with torch.no_grad():
-            out = net.simulate(x, steps)
-    finally:
-        for neuron, hook in hooks:
-            neuron.step_hooks.remove(hook)
+
+    def hook(n, t, _u, s):
+        assert t == len(seen[n.name]), "step hooks must see every frame, in order"
+        seen[n.name].append(s.clone())
+
+    with torch.no_grad():
+        out = net.simulate(x, steps, hooks={neuron: (hook,) for neuron in net.neurons})
     return out, {n: torch.stack(v) for n, v in seen.items()}
 
 
@@ -116,9 +110,9 @@ def test_shift_direction_and_size_follow_the_published_rule():
     upstream_pre = torch.full((rho, len(cases)), 100.0 * theta, dtype=F64)  # must be ignored
     z = torch.cat([upstream_pre, frames]).unsqueeze(1)  # [ρ + T, B = 1, C]
     charges = []
-    neuron.step_hooks.append(lambda _n, t, u, s: charges.append(u.clone()) if t == rho else None)
-    neuron.run_shape = (rho + steps, 1)
-    out = neuron(z.reshape((rho + steps) * 1, -1)).view(rho + steps, len(cases))
+    keep = lambda _n, t, u, s: charges.append(u.clone()) if t == rho else None  # noqa: E731
+    with running(Run(rho + steps, 1, hooks={neuron: (keep,)})):
+        out = neuron(z.reshape((rho + steps) * 1, -1)).view(rho + steps, len(cases))
     start = (charges[0][0] - frames[0]) / theta
     counted = (out[rho:] / theta).sum(0)
     plain = (if_step_seq(frames, theta) / theta).sum(0)
@@ -241,16 +235,26 @@ class _LockStepRule:
         return v_next
 
 
+class _LockStepNetwork(SpikingNetwork):
+    """Every IF layer runs :class:`_LockStepRule`; ρ uncounted steps first."""
+
+    def __init__(self, net: nn.Module, layer_names: list[str], rho: int) -> None:
+        super().__init__(net, layer_names)
+        self.latency = rho
+        self.rule = _LockStepRule(rho)
+
+    def step_rules(self):
+        return {neuron: self.rule for neuron in self.neurons}
+
+
 @pytest.mark.parametrize("rho", [0, 2, 4])
 def test_cos_causal_gives_exactly_the_lock_step_spikes(tiny_cnn, mnist_like, rho):
     snn = to_snn(tiny_cnn)
     steps = 5
     causal, report = get_method("cos-causal").calibrate(snn, tiny_cnn, mnist_like, steps, {"rho": rho})
     assert report.latency == rho and causal.latency == rho
-    reference = copy_snn(snn)
-    reference.latency = rho
-    for neuron in reference.neurons:
-        neuron.step_rule = _LockStepRule(rho)
+    plain = copy_snn(snn)
+    reference = _LockStepNetwork(plain.net, plain.layer_names, rho)
     x = mnist_like[:12]
     out_c, frames_c = _spike_frames(causal, x, rho + steps)
     out_r, frames_r = _spike_frames(reference, x, rho + steps)
@@ -277,10 +281,10 @@ def test_recorder_measures_the_counted_steps_of_the_replay(tiny_cnn, mnist_like)
     net, _ = get_method("cos").calibrate(to_snn(tiny_cnn), tiny_cnn, mnist_like, steps, {"rho": rho})
     x = mnist_like[:6]
     _, frames = _spike_frames(net, x, rho + steps)
-    with Recorder(net, tiny_cnn, steps) as rec:
-        rec.observe_ann(x)
-        with torch.no_grad():
-            net.simulate(x, steps + net.latency)
+    rec = Recorder(net, tiny_cnn, steps)
+    rec.observe_ann(x)
+    with torch.no_grad():
+        net.simulate(x, steps + net.latency, hooks=rec.hooks)
     measured = rec.result()
     for name, neuron in zip(net.layer_names, net.neurons):
         counted = frames[name][rho:] / channel_view(neuron.theta, frames[name].dim() - 1)

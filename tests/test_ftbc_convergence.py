@@ -59,12 +59,8 @@ def _step_rates(net, x: torch.Tensor, steps: int) -> list[float]:
     rates: list[float] = []
     neuron = net.net.get_submodule(LAYER)
     hook = lambda _n, _t, _u, s: rates.append(float(s.mean()))  # noqa: E731
-    neuron.step_hooks.append(hook)
-    try:
-        with torch.no_grad():
-            net.simulate(x, steps)
-    finally:
-        neuron.step_hooks.remove(hook)
+    with torch.no_grad():
+        net.simulate(x, steps, hooks={neuron: (hook,)})
     return rates
 
 
@@ -178,15 +174,13 @@ def _todays_alpha_fit(snn, ann, images, timesteps, alpha, batches, batch_size, p
         for step_i in range(passes * len(chosen)):
             x = images[chosen[step_i % len(chosen)]]
             targets = ann_channel_means(ann, x, thetas)
-            before = []
+            before, rules = [], {}
             for name, m in zip(names, neurons):
                 if m.bias.shape[1] != targets[name].numel():
                     m.bias = torch.zeros(timesteps, targets[name].numel())
                 before.append(m.bias.clone())
-                m.step_rule = rule_for(targets[name])
-            new.simulate(x, timesteps)
-            for m in neurons:
-                m.step_rule = None
+                rules[m] = rule_for(targets[name])
+            new.simulate(x, timesteps, rules=rules)
             changes.append(float(torch.cat([(m.bias - b).abs().flatten() for m, b in zip(neurons, before)]).mean()))
     return new, tuple(changes)
 

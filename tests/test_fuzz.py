@@ -32,7 +32,7 @@ from torch import nn
 from ftbc_core.calibration import METHODS, get_method
 from ftbc_core.checkpoint import CheckpointError, load_checkpoint
 from ftbc_core.data import DATASETS, DataError, validate_arrays
-from ftbc_core.neuron import QCFS, IFNeuron, channel_view, if_step
+from ftbc_core.neuron import QCFS, IFNeuron, Run, channel_view, if_step, running
 from ftbc_core.snn import SpikingNetwork, to_snn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,12 +90,9 @@ def test_if_neuron_module_follows_if_step_and_is_causal(steps, cut, channels, se
     z = torch.randn(batch if static else steps * batch, channels, generator=gen)
 
     def run(n_steps: int) -> torch.Tensor:
-        neuron.run_shape = (n_steps, batch)
-        try:
+        with running(Run(n_steps, batch)):
             zz = z if static else z[: n_steps * batch]
             return neuron(zz).view(n_steps, batch, channels)
-        finally:
-            neuron.run_shape = None
 
     out = run(steps)
     z_seq = z.unsqueeze(0).expand(steps, batch, channels) if static else z.view(steps, batch, channels)
@@ -163,16 +160,12 @@ def _record(snn: SpikingNetwork, x: torch.Tensor, steps: int):
         seen[neuron.name]["s"].append(s.clone())
 
     handles = [n.register_forward_pre_hook(pre_hook) for n in snn.neurons]
-    for n in snn.neurons:
-        n.step_hooks.append(step_hook)
     try:
         with torch.no_grad():
-            out = snn.simulate(x, steps)
+            out = snn.simulate(x, steps, hooks={n: (step_hook,) for n in snn.neurons})
     finally:
         for h in handles:
             h.remove()
-        for n in snn.neurons:
-            n.step_hooks.remove(step_hook)
     return out, {k: (v["z"], torch.stack(v["u"]), torch.stack(v["s"])) for k, v in seen.items()}
 
 
@@ -235,7 +228,6 @@ def test_calibration_invariants(net, steps, cut, method, alpha, batches, batch_s
         assert neuron.bias.shape == (steps, channels) and bool(torch.isfinite(neuron.bias).all()), neuron.name
         assert np.isfinite(report.biases[neuron.name]).all()
     assert all(np.isfinite(report.bias_change))
-    assert all(n.step_rule is None and not n.step_hooks for n in calibrated.neurons + snn.neurons)
     _check_layer_invariants(calibrated, images, steps)
     _assert_prefix_property(calibrated, images, steps, cut)
 

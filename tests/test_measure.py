@@ -39,14 +39,8 @@ def _reference(snn: SpikingNetwork, ann: nn.Module, batches: list[torch.Tensor],
             if t >= snn.latency:
                 steps[neuron.name].append((u.double().numpy().copy(), spikes.double().numpy().copy()))
 
-        for neuron in snn.neurons:
-            neuron.step_hooks.append(keep)
-        try:
-            with torch.no_grad():
-                snn.simulate(x, timesteps + snn.latency)
-        finally:
-            for neuron in snn.neurons:
-                neuron.step_hooks.remove(keep)
+        with torch.no_grad():
+            snn.simulate(x, timesteps + snn.latency, hooks={neuron: (keep,) for neuron in snn.neurons})
         for name in names:
             u = np.stack([s[0] for s in steps[name]])  # [T, B, C, ...]
             spikes = np.stack([s[1] for s in steps[name]])
@@ -79,10 +73,10 @@ def _reference(snn: SpikingNetwork, ann: nn.Module, batches: list[torch.Tensor],
 
 
 def _recorded(snn: SpikingNetwork, ann: nn.Module, batches: list[torch.Tensor], timesteps: int):
-    with Recorder(snn, ann, timesteps) as rec:
-        for x in batches:
-            rec.observe_ann(x)
-            snn.simulate(x, timesteps + snn.latency)
+    rec = Recorder(snn, ann, timesteps)
+    for x in batches:
+        rec.observe_ann(x)
+        snn.simulate(x, timesteps + snn.latency, hooks=rec.hooks)
     return rec.result()
 
 
@@ -132,13 +126,15 @@ def test_histogram_bins_at_and_beyond_the_edges():
     assert meas.spike_rate[name][0] == pytest.approx(6 / 12)  # u ≥ θ fires: 1.0, 1.05, 2.0, 2.4999, 2.5, 7.0
 
 
-def test_recorder_needs_the_ann_activations_and_removes_its_hooks(tiny_cnn, mnist_like):
+def test_recorder_needs_the_ann_activations_and_observes_only_the_runs_it_is_passed_to(tiny_cnn, mnist_like):
     snn = to_snn(tiny_cnn)
-    with Recorder(snn, tiny_cnn, T) as rec:
-        assert all(len(n.step_hooks) == 1 for n in snn.neurons)
-        with pytest.raises(RuntimeError, match="observe_ann"):
-            snn.simulate(mnist_like[:4], T)
-    assert all(not n.step_hooks for n in snn.neurons)
+    rec = Recorder(snn, tiny_cnn, T)
+    assert set(rec.hooks) == set(snn.neurons)
+    with pytest.raises(RuntimeError, match="observe_ann"):
+        snn.simulate(mnist_like[:4], T, hooks=rec.hooks)
+    rec = Recorder(snn, tiny_cnn, T)
+    rec.observe_ann(mnist_like[:4])
+    snn.simulate(mnist_like[4:8], T)  # a run without its hooks is not measured
     with pytest.raises(RuntimeError, match="saw no simulation"):
         Recorder(snn, tiny_cnn, T).result()
 
@@ -161,6 +157,5 @@ def test_measuring_a_subset_equals_measuring_those_images_alone(tiny_cnn):
         np.testing.assert_array_equal(meas_sub.histograms[name], meas_first.histograms[name])
         np.testing.assert_allclose(meas_sub.abs_error[name], meas_first.abs_error[name], rtol=1e-12)
         assert not np.array_equal(meas_sub.histograms[name], meas_all.histograms[name])
-    assert all(not n.step_hooks for n in snn.neurons)
     with pytest.raises(ValueError, match="measured images must be >= 1"):
         simulate_dataset(snn, tiny_cnn, data, T, record=True, record_images=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ftbc_core.neuron import QCFS, IFNeuron, channel_view, if_step, qcfs_reference
+from ftbc_core.neuron import QCFS, IFNeuron, Run, channel_view, current_run, if_step, qcfs_reference, running
 
 
 def test_if_step_hand_computed():
@@ -36,13 +36,10 @@ def test_if_step_per_channel_threshold():
     assert v_next.flatten().tolist() == [0.5, 1.5]
 
 
-def _run(neuron: IFNeuron, z: torch.Tensor, steps: int, batch: int | None = None) -> torch.Tensor:
+def _run(neuron: IFNeuron, z: torch.Tensor, steps: int, batch: int | None = None, hooks=()) -> torch.Tensor:
     batch = batch or z.shape[0]
-    neuron.run_shape = (steps, batch)
-    try:
+    with running(Run(steps, batch, hooks={neuron: tuple(hooks)})):
         return neuron(z).view(steps, batch, *z.shape[1:])
-    finally:
-        neuron.run_shape = None
 
 
 @pytest.mark.parametrize("steps", [1, 3, 4, 8, 16])
@@ -81,9 +78,8 @@ def test_bias_steps_beyond_the_calibrated_ones_are_zero():
 def test_membrane_stays_bounded_for_bounded_input():
     neuron = IFNeuron(torch.tensor([1.0]))
     seen = []
-    neuron.step_hooks.append(lambda n, t, u, s: seen.append(u - s))
     z = torch.rand(64, 4) * 1.0  # z in [0, 1) = [0, θ)
-    _run(neuron, z, 50)
+    _run(neuron, z, 50, hooks=[lambda n, t, u, s: seen.append(u - s)])
     v = torch.stack(seen)
     assert v.min() >= 0.0 and v.max() < 1.0  # for 0 <= z < θ and v0 = θ/2, v stays in [0, θ)
 
@@ -133,3 +129,22 @@ def test_fused_qcfs_matches_the_op_by_op_definition(shape):
     assert_close(z_fused.grad, z_ref.grad, rtol=1e-6, atol=1e-7)
     assert z_fused.grad.view(-1)[0] == 0 and z_fused.grad.view(-1)[1] == 0  # on the bounds
     assert_close(lam_grad, act.threshold.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_neuron_runs_only_inside_a_run_and_nested_runs_restore_the_outer_one():
+    neuron, other = IFNeuron(torch.tensor([1.0])), IFNeuron(torch.tensor([1.0]))
+    with pytest.raises(RuntimeError, match="outside SpikingNetwork"):
+        neuron(torch.ones(2, 1))
+    seen = []
+    outer = Run(3, 2, hooks={neuron: (lambda n, t, u, s: seen.append(t),)})
+    with running(outer):
+        with running(Run(2, 2)):
+            neuron(torch.ones(2, 1))  # the inner run has no observer
+            assert current_run().timesteps == 2
+        assert current_run() is outer
+        other(torch.ones(2, 1))  # the outer run observes `neuron` only
+        assert seen == []
+        neuron(torch.ones(2, 1))
+    assert seen == [0, 1, 2]
+    with pytest.raises(RuntimeError):
+        current_run()

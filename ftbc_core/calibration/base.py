@@ -223,11 +223,8 @@ def get_method(name: str) -> CalibrationMethod:
 
 
 def copy_snn(snn: SpikingNetwork) -> SpikingNetwork:
-    """A deep copy with no temporary state (rules, hooks) carried over."""
-    new = copy.deepcopy(snn)
-    for neuron in new.neurons:
-        neuron.step_rule, neuron.step_hooks, neuron.run_shape = None, [], None
-    return new
+    """A deep copy (the caller's network is never modified by a method)."""
+    return copy.deepcopy(snn)
 
 
 @register

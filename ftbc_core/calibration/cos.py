@@ -59,7 +59,7 @@ import torch
 
 from torch import nn
 
-from ..neuron import IFNeuron, channel_view, if_step
+from ..neuron import IFNeuron, channel_view, current_run, if_step
 from ..snn import SpikingNetwork, check_timesteps
 from .base import CalibrationMethod, CalibrationReport, copy_snn, register
 
@@ -143,10 +143,11 @@ class CosReplayNeuron(IFNeuron):
         return new
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        rho = self.rho
-        if rho == 0 or self.step_rule is not None:  # no pre-steps (or a calibration rule in charge): plain IF
+        rho, run = self.rho, current_run()
+        if rho == 0 or run.rule(self) is not None:  # no pre-steps (or a calibration rule in charge): plain IF
             return super().forward(z)
-        z_seq = self.as_sequence(z)
+        hooks = run.hooks_of(self)
+        z_seq = self.as_sequence(z, run)
         steps, batch = z_seq.shape[:2]
         counted = steps - rho
         if counted < rho:
@@ -173,7 +174,7 @@ class CosReplayNeuron(IFNeuron):
             torch.minimum(min_spike_u, torch.where(spiked, u, math.inf), out=min_spike_u)
             torch.maximum(max_quiet_u, torch.where(spiked, -math.inf, u), out=max_quiet_u)
             s_t.mul_(theta)
-            for hook in self.step_hooks:
+            for hook in hooks:
                 hook(self, t, u, s_t)
             v = u.sub_(s_t)
         # 2. the shifted start, 3. the counted steps on the same frames
@@ -186,7 +187,7 @@ class CosReplayNeuron(IFNeuron):
             s_t = out_seq[rho + k]
             torch.ge(u, theta, out=s_t)
             s_t.mul_(theta)
-            for hook in self.step_hooks:
+            for hook in hooks:
                 hook(self, rho + k, u, s_t)
             v = u.sub_(s_t)
         return out
@@ -234,8 +235,10 @@ class CosCausalNetwork(SpikingNetwork):
     def __init__(self, snn: SpikingNetwork, rho: int) -> None:
         super().__init__(snn.net, snn.layer_names, snn.max_batch_steps)
         self.rho = self.latency = int(rho)
-        for neuron in self.neurons:
-            neuron.step_rule = CosRule(self.rho)
+
+    def step_rules(self) -> dict[IFNeuron, CosRule]:
+        rule = CosRule(self.rho)
+        return {neuron: rule for neuron in self.neurons}
 
 
 @register

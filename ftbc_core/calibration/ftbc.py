@@ -59,7 +59,7 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 class FtbcRule:
-    """Step rule that fits one layer's ``[T, C]`` biases while it simulates (installed on ``IFNeuron.step_rule``).
+    """Step rule that fits one layer's ``[T, C]`` biases while it simulates (passed to ``SpikingNetwork.simulate(rules=...)``).
 
     Args:
         target: ANN channel means ``[C]`` for this batch.
@@ -291,7 +291,7 @@ def fit_biases(
         if bad:
             raise ValueError(f"the ANN's activations in layer {bad[0]!r} are NaN or infinite on the calibration "
                              "images (weights too large, or a QCFS threshold λ of 0?): cannot calibrate")
-        before = []
+        before, rules = [], {}
         for name, neuron in zip(names, neurons):
             c = 1 if layerwise else targets[name].numel()
             if neuron.bias.shape[1] != c:
@@ -299,14 +299,10 @@ def fit_biases(
             before.append(neuron.bias.clone())
             weight = 1.0 / (step_i + 1)  # exact, root: running average of the per-batch roots
             if mode == "root":
-                neuron.step_rule = FtbcRootRule(targets[name].to(device), alpha, weight, layerwise)
+                rules[neuron] = FtbcRootRule(targets[name].to(device), alpha, weight, layerwise)
             else:
-                neuron.step_rule = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
-        try:
-            new.simulate(x, timesteps)
-        finally:
-            for neuron in neurons:
-                neuron.step_rule = None
+                rules[neuron] = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
+        new.simulate(x, timesteps, rules=rules)
         delta = torch.cat([(n.bias - b).abs().flatten() for n, b in zip(neurons, before)])
         changes.append(float(delta.mean()))
         if progress:

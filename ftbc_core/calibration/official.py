@@ -186,18 +186,14 @@ def fit_official_script(
         if bad:
             raise ValueError(f"the ANN's activations in layer {bad[0]!r} are NaN or infinite on the calibration "
                              "images: cannot calibrate")
-        before = []
+        before, rules = [], {}
         for name, neuron in zip(names, neurons):
             c = acts[name].shape[1]
             if neuron.bias.shape[1] != c:  # a per-layer θ: one bias per channel all the same
                 neuron.bias = torch.zeros(timesteps, c, device=device, dtype=neuron.theta.dtype)
             before.append(neuron.bias.clone())
-            neuron.step_rule = OfficialScriptRule(acts[name].to(device), alpha)
-        try:
-            new.simulate(x, timesteps)
-        finally:
-            for neuron in neurons:
-                neuron.step_rule = None
+            rules[neuron] = OfficialScriptRule(acts[name].to(device), alpha)
+        new.simulate(x, timesteps, rules=rules)
         changes.append(float(torch.cat([(n.bias - b).abs().flatten() for n, b in zip(neurons, before)]).mean()))
         if progress:
             progress((i + 1) / len(chosen), f"FTBC (official script) batch {i + 1}/{len(chosen)}")
