@@ -34,8 +34,6 @@ def main(argv: list[str] | None = None) -> float:
     torch.set_num_threads(args.threads)
     d = DEFAULTS
     cfg = ExperimentConfig(model=args.model, timesteps=d["timesteps"], methods=tuple(d["methods"]), limit=d["limit"],
-                           method_options={"alpha": d["alpha"], "batches": d["batches"],
-                                           "batch_size": d["batch_size"], "rho": d["rho"], "seed": 0},
                            record=True, record_images=min(d["record_images"], d["limit"]))
     run_experiment(ExperimentConfig(model=args.model, timesteps=2, methods=("none",), limit=8))  # warm-up
     profile = cProfile.Profile()

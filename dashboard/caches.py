@@ -28,6 +28,7 @@ from ftbc_core.data import ImageArrays
 from ftbc_core.experiment import ExperimentResult
 from ftbc_core.image_trace import ImageTrace, trace_image
 from ftbc_core.importer import import_model
+from ftbc_core.selection import split_held_out
 from ftbc_core.snn import SpikingNetwork
 
 
@@ -178,3 +179,13 @@ def layer_trace(key: str, covered: int, method: str, index: int, layer: str, tim
                 _net: SpikingNetwork, _ann: nn.Module, _x: torch.Tensor) -> LayerTrace:
     """A sample of one layer's neurons for one image (:func:`trace_layer`, on private copies)."""
     return trace_layer(_net, _ann, _x, timesteps, layer, neurons=neurons)
+
+
+# -- the held-out selection ----------------------------------------------------------------------------------------
+@st.cache_data(max_entries=16, show_spinner=False)
+def held_out_split(dataset: str, data_dir: str | None, val_images: int, seed: int) -> tuple[int, int, str]:
+    """``(held-out images, calibration pool, the training images' description)`` of a run with ``select`` (the
+    core's own split, :func:`~ftbc_core.selection.split_held_out`)."""
+    train, description = load_images(dataset, "train", data_dir)
+    held_out, rest = split_held_out(train, val_images, seed)
+    return len(held_out), len(rest), description

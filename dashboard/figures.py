@@ -144,6 +144,21 @@ def bias_lines(report: CalibrationReport, layer: str, channels: list[int]) -> go
     return step_ticks(fig, b.shape[0])
 
 
+def convergence_figure(result: ExperimentResult, methods: list[str]) -> go.Figure:
+    """Mean |Δb| per calibration batch (``CalibrationReport.bias_change``), one line per method, log y axis:
+    a fit that converges decays."""
+    fig = go.Figure()
+    for m in methods:
+        change = np.asarray(result.reports[m].bias_change, dtype=float)
+        fig.add_trace(go.Scatter(x=np.arange(1, len(change) + 1), y=change, mode="lines+markers", name=label(m),
+                                 line=dict(color=color(m)),
+                                 hovertemplate="batch %{x}: %{y:.4g}<extra>" + m + "</extra>"))
+    fig.update_layout(title="Convergence: how much each calibration batch moved the biases",
+                      xaxis_title="calibration batch k", yaxis_title="mean |Δb| (membrane-potential units)",
+                      yaxis_type="log", **LAYOUT)
+    return step_ticks(fig, max((len(result.reports[m].bias_change) for m in methods), default=1))
+
+
 def _histogram_traces(result: ExperimentResult, layer: str, t: int, methods: list[str]) -> list[go.Bar]:
     traces = []
     for m in methods:

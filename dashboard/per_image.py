@@ -23,6 +23,7 @@ from ftbc_core.devices import check_device
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model
 from ftbc_core.image_trace import network_from_report
 from ftbc_core.neuron import IFNeuron, channel_view
+from ftbc_core.selection import split_held_out
 from ftbc_core.snn import SpikingNetwork, check_timesteps, running_mean
 
 
@@ -30,12 +31,16 @@ def build_networks(cfg: ExperimentConfig, ann: nn.Module, card: ModelCard,
                    result: ExperimentResult) -> dict[str, SpikingNetwork]:
     """Every method's network of a stored run, rebuilt from its reports (biases, ρ) without recalibrating.
 
-    The biases cover ``result.timesteps`` steps; ReLU thresholds come from the run's calibration images.
+    The biases cover ``result.timesteps`` steps; thresholds from statistics (ReLU; threshold mode max or
+    percentile) come from the run's calibration images (drawn, as in the run, from what the held-out selection
+    left of the training split).
     """
     device = check_device(cfg.device)
     calib = torch.empty(0)
-    if card.activation != "qcfs":
+    if card.activation != "qcfs" or cfg.thresholds in ("max", "percentile"):  # θ from statistics
         train, _ = load_images(card.dataset, "train", cfg.data_dir)
+        if cfg.select:
+            _, train = split_held_out(train, cfg.val_images, cfg.seed)
         calib = calibration_images(train, cfg.calib_images, cfg.seed, get_info(card.dataset).num_classes)
     _, _, snn = prepare_model(copy.deepcopy(ann), card, device, calib, cfg)
     return {m: network_from_report(snn, result.reports[m]) for m in result.methods}

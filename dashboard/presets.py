@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import caches, runs, sidebar
 from dashboard.models import UPLOAD, ModelRef, shipped_ref
+from ftbc_core.calibration import get_method
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.experiment import ExperimentConfig
 
@@ -45,23 +46,25 @@ def _base_model(values: dict) -> ModelRef:
 
 def preset_runs(key: str, values: dict) -> list[tuple[ExperimentConfig, ModelRef]]:
     """The experiments of preset ``key`` from the form's ``values`` (see :func:`sidebar.form_values`)."""
-    def config(model: ModelRef, **changes) -> tuple[ExperimentConfig, ModelRef]:
-        return dataclasses.replace(sidebar.config_from_form(values, model), **changes), model
+    def config(model: ModelRef, methods: tuple[str, ...], **changes) -> tuple[ExperimentConfig, ModelRef]:
+        chosen = {**values, "methods": list(methods)}  # each method's own options from the form
+        return dataclasses.replace(sidebar.config_from_form(chosen, model), **changes), model
 
     timesteps = int(values["timesteps"])
     if key == "relu-vs-qcfs":
-        return [config(shipped_ref(name), methods=("none", "ftbc")) for name in (RELU_MODEL, QCFS_MODEL)]
+        return [config(shipped_ref(name), ("none", "ftbc")) for name in (RELU_MODEL, QCFS_MODEL)]
     model = _base_model(values)
     if key == "ftbc-vs-cos":
         timesteps = max(timesteps, 2)  # COS replays its ρ pre-steps on counted frames: ρ <= T - ρ
-        rho = min(max(int(values["rho"]), 1), timesteps // 2)
-        ftbc = config(model, timesteps=timesteps, methods=("none", "ftbc"))
-        cos_cfg, _ = config(model, timesteps=timesteps - rho, methods=("cos",))
-        cos_cfg = dataclasses.replace(cos_cfg, method_options={**cos_cfg.method_options, "rho": rho})
+        form_rho = values["method_options"].get("cos", {}).get("rho", get_method("cos").defaults["rho"])
+        rho = min(max(int(form_rho), 1), timesteps // 2)
+        ftbc = config(model, ("none", "ftbc"), timesteps=timesteps)
+        cos_cfg, _ = config(model, ("cos",), timesteps=timesteps - rho)
+        cos_cfg = dataclasses.replace(cos_cfg, method_options={**cos_cfg.method_options, "cos": {"rho": rho}})
         return [ftbc, (cos_cfg, model)]
     if key == "t4-vs-t16":
         methods = tuple(values["methods"]) or ("none", "ftbc")
-        return [config(model, timesteps=t, methods=methods) for t in (4, 16)]
+        return [config(model, methods, timesteps=t) for t in (4, 16)]
     raise ValueError(f"unknown preset {key!r}")
 
 

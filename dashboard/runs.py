@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import streamlit as st
 from torch import nn
 
-from dashboard import caches
+from dashboard import bias_files, caches
+from dashboard.method_options import resolved_options
 from dashboard.models import ModelRef, model_for
 from dashboard.per_image import ImagePredictions, build_networks, predict_all
-from ftbc_core.calibration import METHODS
 from ftbc_core.checkpoint import CheckpointError, ModelCard
 from ftbc_core.data import DataError
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, run_experiment
@@ -74,8 +74,9 @@ def config_key(cfg: ExperimentConfig, digest: str, drop: tuple[str, ...] = ()) -
 def run_label(cfg: ExperimentConfig, model: ModelRef, taken: set[str]) -> str:
     """``resnet20-cifar10 · T=8 · none+ftbc`` (with ρ for COS), made unique in ``taken`` by a number."""
     name = model.name if model.kind == "shipped" else f"upload {model.digest[:8]}"
-    opts = cfg.method_options
-    extra = f" ρ={opts.get('rho')}" if any(m.startswith("cos") for m in cfg.methods) else ""
+    rhos = sorted({o["rho"] for o in resolved_options(cfg).values() if "rho" in o})
+    extra = f" ρ={','.join(map(str, rhos))}" if rhos else ""
+    extra += " · chosen on held-out" if cfg.select else ""
     label = f"{name} · T={cfg.timesteps} · {'+'.join(cfg.methods)}{extra}"
     n, unique = 2, label
     while unique in taken:
@@ -129,19 +130,17 @@ def require_measured_run() -> tuple[Run, list[str]]:
 
 
 # -- starting a run --------------------------------------------------------------------------------------------------
-def _fits_biases(method: str) -> bool:
-    return method in METHODS and METHODS[method].fits_biases
-
-
 def memory_problem(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str | None:
     """A message if the run's estimated peak memory exceeds :data:`MEMORY_FRACTION` of what is available."""
     shape = (card.in_channels, card.image_size, card.image_size)
-    latency = int(cfg.method_options.get("rho", 0)) if "cos" in cfg.methods else 0
+    options = resolved_options(cfg)  # ValueError (one line) for an unusable option
+    latency = max((int(o.get("rho", 0)) for o in options.values()), default=0)
     steps = check_timesteps(cfg.timesteps) + latency  # a clear message for T <= 0 (not a division by zero)
     chunk = min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // steps))  # SpikingNetwork.chunk_size
     need = estimate_memory_bytes(ann, shape, steps, chunk)
-    if any(_fits_biases(m) for m in cfg.methods) and "batch_size" in cfg.method_options:
-        need = max(need, estimate_memory_bytes(ann, shape, cfg.timesteps, int(cfg.method_options["batch_size"])))
+    batches = [min(int(o["batch_size"]), cfg.calib_images) for o in options.values() if "batch_size" in o]
+    if batches:  # a calibration batch is simulated at once
+        need = max(need, estimate_memory_bytes(ann, shape, cfg.timesteps, max(batches)))
     have = available_memory_bytes()
     if need > MEMORY_FRACTION * have:
         return (f"This run would need about {need / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of the "
@@ -159,6 +158,8 @@ def _find_stored(cfg: ExperimentConfig, model: ModelRef) -> tuple[str, Experimen
     for other in st.session_state.get("history", []):
         data = json.loads(other)
         longer = data["config"].pop("timesteps")
+        if cfg.select and min(longer, cfg.select_max_t) != min(cfg.timesteps, cfg.select_max_t):
+            continue  # the options were chosen on the held-out accuracy over other steps
         if longer >= cfg.timesteps and json.dumps(data, sort_keys=True, default=list) == base:
             hit = caches.cached_result(other)
             if hit is not None and all(r.latency <= cfg.timesteps for r in hit.reports.values()):
@@ -196,7 +197,8 @@ def start_run(cfg: ExperimentConfig, model: ModelRef) -> Run | None:
                 st.error(problem)
                 return None
             bar = st.progress(0.0, text="starting…")
-            result = run_experiment(cfg, model=work, card=card, progress=throttled(bar))
+            result = run_experiment(bias_files.with_bytes(cfg), model=work, card=card, progress=throttled(bar))
+            result = bias_files.without_bytes(result, cfg)
             bar.empty()
             key = config_key(cfg, model.digest)
             caches.store_result(key, result)

@@ -2,8 +2,12 @@
 picker of the run the pages show, and a one-line summary of it.
 
 The form's first values can come from the page address, so a lecture can open on a chosen experiment:
-``?model=cnn-mnist&T=4&methods=none,ftbc&limit=200`` (also ``record_images``, ``alpha``, ``batches``,
-``batch_size``, ``rho``).
+``?model=cnn-mnist&T=4&methods=none,ftbc&limit=200`` (also ``record_images``). Method options:
+``METHOD.OPTION=VALUE`` for one method (``ftbc-layer.alpha=0.1``, ``ftbc-official.reference_levels=none``), or
+``OPTION=VALUE`` for every method that has the option (``alpha=0.3``, ``batches=1``, ``batch_size=16``,
+``rho=2``: the older links keep working, now per method; a per-method field wins). Conversion and selection:
+``v0=half|zero|0.3``, ``thresholds=auto|lambda|max|percentile``, ``percentile=99.9``, ``per_channel=1``,
+``select=1``, ``val_images=500``, ``select_max_t=16``. Unusable values are ignored.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from dashboard import caches, runs
+from dashboard import bias_files, caches, experiment_settings, method_options, runs
 from dashboard.models import UPLOAD, ModelRef, keep_upload, shipped_ref, upload_ref
 from ftbc_core.calibration import METHODS
+from ftbc_core.calibration.base import selectable_methods
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.experiment import ExperimentConfig
 from ftbc_core.importer import SOURCES
@@ -22,24 +27,25 @@ from ftbc_core.public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 # T = 8: where FTBC matters most in a lecture (about 3 points on ResNet-20, under 1 point at T = 16), and a first
 # run that renders in about 8 s on 2 cores (benchmarks/README.md, dashboard latency); the form takes 1-64.
 DEFAULTS = {"model": "resnet20-cifar10", "timesteps": 8, "limit": 200, "record_images": 100,
-            "methods": ["none", "ftbc"], "alpha": 0.5, "batches": 4, "batch_size": 32, "rho": 4}
+            "methods": ["none", "ftbc"]}
 ADDRESS_FIELDS = {"T": "timesteps", "model": "model", "methods": "methods", "limit": "limit",
-                  "record_images": "record_images", "alpha": "alpha", "batches": "batches",
-                  "batch_size": "batch_size", "rho": "rho"}
-FORM_KEYS = ("model", "data_source", "data_dir", "timesteps", "methods", "alpha", "batches", "batch_size", "rho",
-             "limit", "record_images", "device")
+                  "record_images": "record_images"}
+FORM_KEYS = ("model", "data_source", "data_dir", "timesteps", "methods", "limit", "record_images", "device",
+             *experiment_settings.KEYS)
 
 
 def initial_values() -> dict:
-    """The form's first values: :data:`DEFAULTS`, updated from the page address (unusable fields ignored)."""
+    """The form's first values: :data:`DEFAULTS`, each method's defaults and the core's conversion and
+    selection defaults, updated from the page address (unusable fields ignored)."""
+    params = st.query_params.to_dict()
     values = dict(DEFAULTS)
     for param, field in ADDRESS_FIELDS.items():
-        raw = st.query_params.get(param)
+        raw = params.get(param)
         if raw is None:
             continue
         try:
             if field == "methods":
-                chosen = [m for m in raw.split(",") if m in METHODS]
+                chosen = [m for m in raw.split(",") if m in selectable_methods()]
                 values[field] = chosen or values[field]
             elif field == "model":
                 values[field] = raw
@@ -47,29 +53,32 @@ def initial_values() -> dict:
                 values[field] = type(DEFAULTS[field])(raw)
         except ValueError:
             continue
+    values["method_options"] = method_options.initial_options(params)
+    values.update(experiment_settings.initial_settings(params))
     return values
 
 
-def method_options_from_form(values: dict) -> dict:
-    """The form's method fields as ``ExperimentConfig.method_options`` (one place, to be rebuilt from the
-    method registry's option schema)."""
-    return {"alpha": float(values["alpha"]), "batches": int(values["batches"]),
-            "batch_size": int(values["batch_size"]), "rho": int(values["rho"]), "seed": 0}
-
-
 def config_from_form(values: dict, model: ModelRef) -> ExperimentConfig:
-    """An experiment configuration from the form's values (``values["data_dir"]``: None for the bundled sample)."""
+    """An experiment configuration from the form's values (``values["data_dir"]``: None for the bundled sample;
+    ``values["bias_file"]``: an uploaded bias file's reference, evaluated first as the method ``file``)."""
     limit = int(values["limit"])
+    methods = list(values["methods"])
+    options = method_options.config_options(methods, values["method_options"])
+    if values.get("bias_file"):  # first: a file that does not fit is refused before any other method runs
+        methods = [bias_files.METHOD] + methods
+        options[bias_files.METHOD] = {"path": values["bias_file"]}
     return ExperimentConfig(model=model.model_field, data_dir=values["data_dir"], timesteps=int(values["timesteps"]),
-                            methods=tuple(values["methods"]), limit=limit, device=values["device"], record=True,
-                            record_images=min(int(values["record_images"]), limit),
-                            method_options=method_options_from_form(values))
+                            methods=tuple(methods), limit=limit, device=values["device"], record=True,
+                            record_images=min(int(values["record_images"]), limit), method_options=options,
+                            **experiment_settings.config_fields(values))
 
 
 def form_values() -> dict:
-    """The form's values as last submitted (or its first values), for runs started elsewhere (presets)."""
+    """The form's values as last submitted (or its first values), for runs started elsewhere (presets; without
+    the bias file). ValueError if a method option's text is unusable."""
     values = {**initial_values(), "device": "cpu", "data_source": "bundled sample", "data_dir": ""}
     values.update({k: st.session_state[k] for k in FORM_KEYS if k in st.session_state})
+    values["method_options"] = method_options.checked(method_options.submitted_options(values["method_options"]))
     values["data_dir"] = values["data_dir"].strip() if values["data_source"] == "data folder" else None
     return values
 
@@ -119,13 +128,19 @@ def experiment_form() -> None:
             source = st.radio("Data", ["bundled sample", "data folder"], horizontal=True, key="data_source")
             data_dir = st.text_input("Data folder (full dataset)", key="data_dir", placeholder="/path/to/data")
             timesteps = st.number_input("Time steps T", 1, 64, int(values["timesteps"]), key="timesteps")
-            methods = st.multiselect("Methods to compare", list(METHODS), values["methods"], key="methods",
+            methods = st.multiselect("Methods to compare", selectable_methods(), values["methods"], key="methods",
                                      format_func=lambda m: METHODS[m].label)
-            alpha = st.number_input("FTBC step size α", 0.001, 1.0, float(values["alpha"]), 0.01, "%.3f", key="alpha")
-            left, right = st.columns(2)
-            batches = left.number_input("Calib. batches", 1, 64, int(values["batches"]), key="batches")
-            batch_size = right.number_input("Batch size", 1, 512, int(values["batch_size"]), key="batch_size")
-            rho = st.number_input("COS pre-steps ρ", 0, 16, int(values["rho"]), key="rho")
+            st.caption("Each method's options (a method not chosen ignores its own):")
+            options = method_options.option_widgets(values["method_options"],
+                                                    st.session_state.get("methods", values["methods"]))
+            settings = experiment_settings.conversion_widgets(values)
+            settings.update(experiment_settings.selection_widgets(values))
+            with st.expander("Biases from a file"):
+                bias_upload = st.file_uploader(
+                    "Bias file", type=["safetensors"], key="bias_upload",
+                    help="A .safetensors written by ftbc calibrate: evaluated as the method 'biases from a file' "
+                         "next to the chosen ones (it must be fitted on this model, with this conversion and a T "
+                         "at least this run's).")
             limit = st.number_input("Evaluation images", 1, 10_000, int(values["limit"]), key="limit")
             record_images = st.number_input(
                 "Measured images (charts)", 1, 10_000, int(values["record_images"]), key="record_images",
@@ -135,14 +150,21 @@ def experiment_form() -> None:
             submitted = st.form_submit_button("Run", type="primary", key="run_button")
     if not submitted:
         return
-    if not methods:
-        st.error("Choose at least one method.")
+    if not methods and bias_upload is None:
+        st.error("Choose at least one method (or upload a bias file).")
     elif source == "data folder" and not data_dir.strip():
         st.error("Enter the data folder, or choose the bundled sample.")
     elif (ref := _model_ref(choice, upload, public)) is not None:
-        form = {"timesteps": timesteps, "methods": methods, "alpha": alpha, "batches": batches,
-                "batch_size": batch_size, "rho": rho, "limit": limit, "record_images": record_images,
-                "device": device, "data_dir": data_dir.strip() if source == "data folder" else None}
+        try:
+            options = method_options.checked(options)
+            bias_file = bias_files.keep_bias_file(bias_upload.getvalue()) if bias_upload is not None else None
+        except (ValueError, CheckpointError) as err:
+            name = f"Cannot use {bias_upload.name}: " if isinstance(err, CheckpointError) else ""
+            st.error(f"{name}{err}")
+            return
+        form = {"timesteps": timesteps, "methods": methods, "method_options": options, "bias_file": bias_file,
+                "limit": limit, "record_images": record_images, "device": device,
+                "data_dir": data_dir.strip() if source == "data folder" else None, **settings}
         runs.start_run(config_from_form(form, ref), ref)
 
 

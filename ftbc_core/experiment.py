@@ -86,6 +86,7 @@ class ExperimentResult:
     accuracy_std: dict[str, np.ndarray] = field(default_factory=dict)  # over calibration draws; 0 if one draw
     seeds: tuple[int, ...] = (0,)
     selection: dict[str, tuple[Trial, ...]] = field(default_factory=dict)  # --select auto: the options tried
+    draws: dict[str, int] = field(default_factory=dict)  # calibration draws each method ran (1: it has no draw)
 
     def truncated(self, timesteps: int) -> "ExperimentResult":
         """This result for a smaller T, read from the stored run (accuracy, biases and measurements are causal)."""
@@ -122,7 +123,7 @@ class ExperimentResult:
                  "accuracy_std": round(float(std[m][t - 1]), 4)} for m in self.methods for t in ts]
         methods = {m: {"options": {k: (v if isinstance(v, (int, float, str, type(None))) else str(v))
                                    for k, v in self.reports[m].options.items()},
-                       "calibration_seconds": round(self.reports[m].seconds, 3),
+                       "calibration_seconds": round(self.reports[m].seconds, 3), "draws": self.draws.get(m, 1),
                        "bias_change": [round(float(c), 6) for c in self.reports[m].bias_change]}
                    for m in self.methods}
         return {"model": self.model_name, "dataset": self.dataset, "n_images": self.n_images,
@@ -361,7 +362,7 @@ def _run_experiment(
     from .evaluate import ann_accuracy  # local: tiny module, avoids a cycle in type checkers
 
     ann_acc = dist.accuracy_over_shards(lambda part: ann_accuracy(ann, part, cfg.batch_size), test_data)
-    accuracy, accuracy_std, reports, measurements, seconds = {}, {}, {}, {}, {}
+    accuracy, accuracy_std, reports, measurements, seconds, n_draws = {}, {}, {}, {}, {}, {}
     n = len(methods)
     draws = {seeds[0]: (calib, snn)}
 
@@ -406,6 +407,7 @@ def _run_experiment(
                 seconds[method.name], reports[method.name], measurements[method.name] = \
                     time.perf_counter() - start, rep, meas
         stacked = np.stack(runs_acc)
+        n_draws[method.name] = len(runs_acc)
         accuracy[method.name] = stacked.mean(0)
         accuracy_std[method.name] = stacked.std(0, ddof=1) if len(runs_acc) > 1 else np.zeros(timesteps)
         spread = f" ± {accuracy_std[method.name][-1]:.2f} over {len(runs_acc)} draws" if len(runs_acc) > 1 else ""
@@ -415,8 +417,8 @@ def _run_experiment(
     return ExperimentResult(
         model_name=card.name, dataset=card.dataset, data_description=test_desc, n_images=len(test_data),
         timesteps=timesteps, ann_accuracy=ann_acc, methods=tuple(m.name for m in methods), accuracy=accuracy,
-        reports=reports, measurements=measurements, method_options=dict(cfg.method_options), seconds=seconds,
-        accuracy_std=accuracy_std, seeds=seeds, selection=selection)
+        reports=reports, measurements=measurements, method_options=_plain(cfg.method_options), seconds=seconds,
+        accuracy_std=accuracy_std, seeds=seeds, selection=selection, draws=n_draws)
 
 
 def calibrate_and_save(

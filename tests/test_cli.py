@@ -120,3 +120,28 @@ def test_python_dash_m_entry_point():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "cnn-mnist" in proc.stdout
+
+
+def test_init_from_starts_at_the_given_weights_and_refuses_another_model(tiny_mnist_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base"
+    common = ["--arch", "cnn", "--dataset", "mnist", "--data-dir", str(tiny_mnist_dir), "--batch-size", "50",
+              "--init-threshold", "2", "--threads", "1"]
+    assert main(["train", *common, "--out", str(base), "--epochs", "2", "--lr", "0.05"]) == 0
+    tuned = tmp_path / "tuned"
+    # lr 1e-9: one epoch leaves the weights where they started, so the tuned model is the base model
+    assert main(["train", *common, "--out", str(tuned), "--epochs", "1", "--lr", "1e-9", "--init-from",
+                 str(base) + ".safetensors"]) == 0
+    a, b = load_file(str(base) + ".safetensors"), load_file(str(tuned) + ".safetensors")
+    weights = [k for k in a if "running" not in k and "num_batches" not in k]  # BN statistics do move
+    assert weights and all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in weights)
+    cards = [json.loads(p.with_suffix(".json").read_text()) for p in (base, tuned)]
+    assert abs(cards[1]["ann_test_accuracy"] - cards[0]["ann_test_accuracy"]) <= 5
+    assert cards[1]["extra"]["init_from"].endswith("base.safetensors")
+    capsys.readouterr()
+    # a model of another activation (or architecture) is refused in one line, exit code 2
+    assert main(["train", *common, "--out", str(tmp_path / "x"), "--epochs", "1", "--activation", "relu",
+                 "--init-from", str(base) + ".safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "qcfs" in err and len(err.strip().splitlines()) == 1

@@ -32,7 +32,7 @@ from ftbc_core.snn import to_snn  # noqa: E402
 
 APP = ROOT / "dashboard" / "app.py"
 MNIST = ROOT / "pretrained" / "cnn-mnist.safetensors"
-TINY = {"timesteps": 4, "limit": 20, "batches": 1, "batch_size": 16}
+TINY = {"timesteps": 4, "limit": 20, "opt.ftbc.batches": 1, "opt.ftbc.batch_size": 16}  # ftbc's own options
 
 
 def configure(app: AppTest, **values) -> AppTest:

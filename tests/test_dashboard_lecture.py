@@ -127,7 +127,7 @@ def test_presets_run_through_the_form_path(at, calls, preset):
     else:
         assert at.radio(key="compare_axis").value == "latency"
         assert [(c.methods, c.timesteps) for c in calls] == [(("none", "ftbc"), 4), (("cos",), 2)]
-        assert calls[1].method_options["rho"] == 2  # ρ + T = 4: both answer after 4 steps of the input
+        assert calls[1].method_options == {"cos": {"rho": 2}}  # ρ + T = 4: both answer after 4 steps of the input
         assert list(table["latency"]) == [4, 4, 4] and "accuracy at latency 4 (%)" in table
     done = len(calls)
     at.button(key=f"preset_{preset}").click().run()  # again: everything read from the cache

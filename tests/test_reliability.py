@@ -618,7 +618,7 @@ def _configure(app: AppTest, which: str) -> AppTest:
         app.number_input(key="timesteps").set_value(2)
     else:
         app.multiselect(key="methods").set_value(["ftbc-layer", "cos"])
-        app.number_input(key="rho").set_value(2)  # published COS replays its ρ pre-steps: ρ <= T = 3
+        app.number_input(key="opt.cos.rho").set_value(2)  # published COS replays its ρ pre-steps: ρ <= T = 3
     return app
 
 
@@ -680,7 +680,7 @@ def test_an_interrupted_run_leaves_the_app_usable(new_app, calls, monkeypatch, i
 
     monkeypatch.setattr(runs, "run_experiment", interrupted_once)
     app = new_app()
-    app.number_input(key="batches").set_value(2)
+    app.number_input(key="opt.ftbc.batches").set_value(2)
     press_run(app)
     assert fired and "run" not in app.session_state
     if isinstance(interrupt, RuntimeError):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import exports, figures, runs, sidebar
+from dashboard import exports, figures, runs, selection_view, sidebar
 from ftbc_core.experiment import simulate_dataset
 from ftbc_core.neuron_lab import qcfs_value, simulate_if_neurons
 from ftbc_core.snn import SpikingNetwork, running_mean
@@ -61,4 +61,5 @@ st.dataframe(table.style.format("{:.2f}"), width="stretch")
 exports.download_table(result.to_frame(), "accuracy", index=False, label="Table (CSV: method, T, accuracy, latency)")
 
 st.caption(f"{result.n_images} images of the {result.data_description}. {run.timings()}")
+selection_view.show_selection(run)
 exports.show_code(simulate_dataset, SpikingNetwork.forward, running_mean)

@@ -1,4 +1,5 @@
-"""Page 3: the fitted FTBC biases b[t, c] of one layer, as a heatmap and as trajectories."""
+"""Page 3: the fitted FTBC biases b[t, c] of one layer, as a heatmap and as trajectories, and how the fit
+converged (mean |Δb| per calibration batch, with the core's warning when it does not decay)."""
 
 import json
 
@@ -8,6 +9,8 @@ import streamlit as st
 from safetensors.numpy import save as save_arrays
 
 from dashboard import exports, figures, runs
+from ftbc_core.calibration import METHODS
+from ftbc_core.calibration.base import nonconvergence
 from ftbc_core.calibration.ftbc import FtbcRule, fit_biases
 
 st.title("Bias trajectories")
@@ -43,6 +46,18 @@ channels = st.multiselect("Channels", list(range(b.shape[1])), default=strongest
 if channels:
     fig = figures.bias_lines(report, layer, channels)
     exports.chart(fig, f"bias-lines-{layer}", "bias_lines")
+
+st.subheader("Did the fit converge?")
+fitted = [m for m in result.methods if m in METHODS and METHODS[m].fits_biases and result.reports[m].bias_change]
+curves = [m for m in fitted if len(result.reports[m].bias_change) > 1]
+if curves:
+    exports.chart(figures.convergence_figure(result, curves), "bias-convergence", "bias_convergence")
+else:
+    st.caption("One calibration batch per method: no convergence curve (give more calibration batches).")
+for m in fitted:
+    warning = nonconvergence(result.reports[m].bias_change)
+    if warning:
+        st.warning(f"{figures.label(m)}: {warning}")
 
 opts = ", ".join(f"{k} = {v}" for k, v in report.options.items())
 st.caption(f"{figures.label(method)}: {opts}; {report.n_images} calibration images, {report.seconds:.1f} s. "

@@ -179,7 +179,7 @@ def nonconvergence(bias_change: tuple[float, ...] | list[float], min_batches: in
     if last < 0.5 * first:
         return None
     return (f"the biases did not converge: mean |Δb| {first:.4g} over the first batches, {last:.4g} over the "
-            f"last ones; the result depends on the calibration draw (try --seeds 3 to see the spread)")
+            f"last ones; the result depends on the calibration draw (several draws show the spread)")
 
 
 def resolve_options(methods: list[str] | tuple[str, ...], method_options: dict[str, Any]) -> dict[str, dict]:

@@ -3,6 +3,7 @@ bias method wrote earlier, checked against this model before they are used."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -45,4 +46,14 @@ class BiasesFromFile(CalibrationMethod):
         biases = {n: neuron.bias[:timesteps].detach().cpu().numpy().astype(np.float32)
                   for n, neuron in zip(new.layer_names, new.neurons)}
         shown = {"path": label, **{k: v for k, v in meta.items() if k in ("method", "timesteps", "options")}}
-        return new, CalibrationReport(self.name, shown, time.perf_counter() - start, 0, biases)
+        return new, CalibrationReport(self.name, shown, time.perf_counter() - start, 0, biases,
+                                      bias_change=_bias_change(meta))
+
+
+def _bias_change(meta: dict[str, str]) -> tuple[float, ...]:
+    """The convergence curve the fitting method recorded in the file (empty if it has none or it is unreadable)."""
+    try:
+        values = json.loads(meta.get("bias_change", "[]"))
+        return tuple(float(v) for v in values) if isinstance(values, list) else ()
+    except (ValueError, TypeError):
+        return ()
