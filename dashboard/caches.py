@@ -21,7 +21,7 @@ import streamlit as st
 import torch
 from torch import nn
 
-from dashboard.per_image import ImagePredictions, LayerTrace, trace_layer
+from ftbc_core.per_image import ImagePredictions, LayerTrace, trace_layer
 from ftbc_core.assets import list_pretrained, load_images, resolve_checkpoint
 from ftbc_core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from ftbc_core.data import ImageArrays

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.figures import LAYOUT, color, label, step_ticks
-from dashboard.per_image import LayerTrace
+from ftbc_core.per_image import LayerTrace
 
 ROW_PX = 22  # height of one neuron's row: a spike mark is 80% of it, so every spike stays visible
 

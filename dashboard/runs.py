@@ -10,20 +10,17 @@ import time
 from dataclasses import dataclass
 
 import streamlit as st
-from torch import nn
 
 from dashboard import bias_files, caches
 from dashboard.method_options import resolved_options
 from dashboard.models import ModelRef, model_for
-from dashboard.per_image import ImagePredictions, build_networks, predict_all
-from ftbc_core.checkpoint import CheckpointError, ModelCard
+from ftbc_core.per_image import ImagePredictions, predict_all, rebuild_networks
+from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.data import DataError
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, run_experiment
-from ftbc_core.memory import available_memory_bytes, estimate_memory_bytes
-from ftbc_core.snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps
+from ftbc_core.snn import SpikingNetwork
 
 RUNS_KEPT = 6  # runs a session keeps to compare (results only: a few MB each)
-MEMORY_FRACTION = 0.25  # refuse runs whose estimated peak exceeds this share of the available memory
 PREDICTED_IMAGES = 1000  # per-image predictions (disagreement lists) cover the first N evaluation images
 RUN_HINT = "Choose an experiment in the sidebar and press **Run** (the defaults take a few seconds)."
 
@@ -130,24 +127,6 @@ def require_measured_run() -> tuple[Run, list[str]]:
 
 
 # -- starting a run --------------------------------------------------------------------------------------------------
-def memory_problem(ann: nn.Module, card: ModelCard, cfg: ExperimentConfig) -> str | None:
-    """A message if the run's estimated peak memory exceeds :data:`MEMORY_FRACTION` of what is available."""
-    shape = (card.in_channels, card.image_size, card.image_size)
-    options = resolved_options(cfg)  # ValueError (one line) for an unusable option
-    latency = max((int(o.get("rho", 0)) for o in options.values()), default=0)
-    steps = check_timesteps(cfg.timesteps) + latency  # a clear message for T <= 0 (not a division by zero)
-    chunk = min(cfg.batch_size, max(1, DEFAULT_MAX_BATCH_STEPS // steps))  # SpikingNetwork.chunk_size
-    need = estimate_memory_bytes(ann, shape, steps, chunk)
-    batches = [min(int(o["batch_size"]), cfg.calib_images) for o in options.values() if "batch_size" in o]
-    if batches:  # a calibration batch is simulated at once
-        need = max(need, estimate_memory_bytes(ann, shape, cfg.timesteps, max(batches)))
-    have = available_memory_bytes()
-    if need > MEMORY_FRACTION * have:
-        return (f"This run would need about {need / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of the "
-                f"{have / 2**30:.1f} GiB available: lower T or the calibration batch size.")
-    return None
-
-
 def _find_stored(cfg: ExperimentConfig, model: ModelRef) -> tuple[str, ExperimentResult, str] | None:
     """A stored run of this configuration, or of the same one with a larger T: ``(key, stored, origin)``."""
     key = config_key(cfg, model.digest)
@@ -192,10 +171,6 @@ def start_run(cfg: ExperimentConfig, model: ModelRef) -> Run | None:
         found = _find_stored(cfg, model)
         if found is None:
             work = copy.deepcopy(ann)  # runs attach hooks: never on the shared cached model
-            problem = memory_problem(work, card, cfg)
-            if problem:
-                st.error(problem)
-                return None
             bar = st.progress(0.0, text="starting…")
             result = run_experiment(bias_files.with_bytes(cfg), model=work, card=card, progress=throttled(bar))
             result = bias_files.without_bytes(result, cfg)
@@ -228,7 +203,7 @@ def artifacts(run: Run) -> caches.RunArtifacts:
     images = caches.evaluation_images(card.dataset, cfg.data_dir, cfg.limit)
     first = images.subset(slice(0, PREDICTED_IMAGES))
     return caches.artifact_store().get(
-        run.key, stored.timesteps, lambda: build_networks(cfg, ann, card, stored),
+        run.key, stored.timesteps, lambda: rebuild_networks(cfg, ann, card, stored),
         lambda nets: predict_all(nets, first, stored.timesteps, cfg.batch_size))
 
 

@@ -20,7 +20,7 @@ from dashboard.models import UPLOAD, ModelRef, keep_upload, shipped_ref, upload_
 from ftbc_core.calibration import METHODS
 from ftbc_core.calibration.base import selectable_methods
 from ftbc_core.checkpoint import CheckpointError
-from ftbc_core.experiment import ExperimentConfig
+from ftbc_core.experiment import APP_MEMORY_FRACTION, ExperimentConfig
 from ftbc_core.importer import SOURCES
 from ftbc_core.public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 
@@ -70,7 +70,7 @@ def config_from_form(values: dict, model: ModelRef) -> ExperimentConfig:
     return ExperimentConfig(model=model.model_field, data_dir=values["data_dir"], timesteps=int(values["timesteps"]),
                             methods=tuple(methods), limit=limit, device=values["device"], record=True,
                             record_images=min(int(values["record_images"]), limit), method_options=options,
-                            **experiment_settings.config_fields(values))
+                            memory_fraction=APP_MEMORY_FRACTION, **experiment_settings.config_fields(values))
 
 
 def form_values() -> dict:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dashboard.figures import label
-from dashboard.per_image import ImagePredictions
+from ftbc_core.per_image import ImagePredictions
 from ftbc_core.calibration import METHODS
 from ftbc_core.experiment import ExperimentResult
 from ftbc_core.neuron_lab import NeuronTrace, error_parts, simulate_if_neurons

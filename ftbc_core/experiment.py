@@ -20,7 +20,7 @@ from .biases import biases_to_bytes, conversion_fingerprint, weights_fingerprint
 from .calibration import METHODS, CalibrationReport, get_method
 from .calibration.base import resolve_options
 from .convert import activation_sites
-from .checkpoint import CheckpointError, ModelCard, atomic_write_bytes, load_checkpoint
+from .checkpoint import ModelCard, atomic_write_bytes, load_checkpoint
 from .data import ImageArrays, balanced_indices, get_info, iterate_batches, to_tensor
 from . import distributed as dist
 from .devices import check_device
@@ -36,9 +36,11 @@ __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibratio
 
 Progress = Callable[[float, str], None]
 Log = Callable[[str], None]
-#: Runs of the CLI/API whose estimated peak exceeds this share of the available memory are refused up front
-#: (the dashboard refuses at a lower share, ``dashboard.state.MEMORY_FRACTION``).
+#: The memory policy: a run whose estimated peak exceeds ``ExperimentConfig.memory_fraction`` of the available
+#: memory is refused up front. The CLI/API's share; an app that serves several sessions at once (the dashboard)
+#: uses the smaller ``APP_MEMORY_FRACTION``.
 MEMORY_FRACTION = 0.8
+APP_MEMORY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ExperimentConfig:
     select: bool = False  # choose each method's options on held-out training images (selection.py)
     val_images: int = 1000  # held out of the training split for the selection
     select_max_t: int = 16  # held-out accuracy averaged over t <= this
+    memory_fraction: float = MEMORY_FRACTION  # refuse runs estimated to need more than this share of the memory
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,7 @@ def _run_experiment(
     if device.type == "cuda":  # the evaluation chunk fits the GPU by construction; a calibration batch must
         dist.check_gpu_memory(ann, (card.in_channels, card.image_size, card.image_size), runs[1:], device)
     else:
-        check_memory(ann, card, runs, MEMORY_FRACTION / dist.local_world_size())
+        check_memory(ann, card, runs, cfg.memory_fraction / dist.local_world_size())
     info = get_info(card.dataset)
     report(0.0, "loading data")
     train_data, calib_desc = load_images(card.dataset, "train", cfg.data_dir)

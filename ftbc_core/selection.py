@@ -3,7 +3,7 @@
 The training split is permuted with the experiment's seed; the first ``val_images`` are held out, calibration
 images come from the rest. Each option set of the method's grid (the registry's ``selection_grid``) is
 calibrated and scored by the mean held-out accuracy over the T asked for (up to ``select_max_t``); the best one
-is used for the test split. The protocol of ``benchmarks/accuracy.py`` before it moved here.
+is used for the test split.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ is folded into one conv by default (:func:`fold_batchnorm`).
 from __future__ import annotations
 
 import copy
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -74,8 +74,8 @@ class SpikingNetwork(nn.Module):
         x: torch.Tensor,
         timesteps: int,
         *,
-        rules: Mapping[IFNeuron, StepRule] | None = None,
-        hooks: Mapping[IFNeuron, Sequence[StepHook]] | None = None,
+        rules: dict[IFNeuron, StepRule] | None = None,
+        hooks: dict[IFNeuron, Sequence[StepHook]] | None = None,
     ) -> torch.Tensor:
         """One chunk, no averaging: ``x: [B, C, H, W]`` -> per-step outputs ``[T, B, classes]``.
 

@@ -159,41 +159,29 @@ def test_profile_experiment_smoke(capsys):
     assert "cnn-mnist: T=" in out and "measured on 100" in out and "tottime" in out
 
 
-def test_accuracy_table_smoke(tmp_path, capsys):
-    # the accuracy protocol end to end on a data folder made of the bundled MNIST samples (1,000 + 1,000 images)
-    import numpy as np
+def test_readme_table_is_the_evaluate_json(tmp_path, capsys):
+    # the README's tables: ftbc evaluate --json, printed by evaluate_table.py; ± only where a method ran on
+    # several calibration draws, and every number is the JSON's
+    import evaluate_table
 
-    import accuracy
+    from ftbc_core.cli import main
 
-    folder = tmp_path / "data" / "mnist"
-    folder.mkdir(parents=True)
-    samples = Path(__file__).resolve().parent.parent / "pretrained" / "samples"
-    for split, sample in (("train", "calib"), ("test", "eval")):
-        with np.load(samples / f"mnist-{sample}.npz") as f:
-            np.savez(folder / f"{split}.npz", x=f["x"], y=f["y"])
-    shared = ["--models", "cnn-mnist", "--data-dir", str(tmp_path / "data"), "--timesteps", "1,4",
-              "--val-images", "40", "--calib-images", "64", "--alphas", "0.2,0.5", "--grid-batches", "1",
-              "--threads", "1", "--out-dir", str(tmp_path / "out")]
-    results = accuracy.main(shared + ["--methods", "none,ftbc", "--limit", "60"])
-    ftbc = results["cnn-mnist"]["methods"]["ftbc"]
-    assert [t["options"]["alpha"] for t in ftbc["selection"]] == [0.2, 0.5]
-    assert results["cnn-mnist"]["n_test"] == 60 and set(ftbc["accuracy"]) == {"1", "4"}
-    path = tmp_path / "out" / "accuracy-cnn-mnist.json"
-    first = json.loads(path.read_text())
-    assert first["complete"] and [r["methods"] for r in first["runs"]] == [["none", "ftbc"]]
-    assert path.with_suffix(".md").read_text().startswith("**cnn-mnist**")
-    assert "| T | none | ftbc | FTBC gain |" in capsys.readouterr().out
-
-    # --resume keeps what the file has (nothing recomputed: even the timings are the stored ones) and adds the rest
-    resumed = accuracy.main(shared + ["--methods", "cos,none", "--limit", "60", "--resume"])["cnn-mnist"]
-    assert list(resumed["methods"]) == ["cos", "none", "ftbc"]
-    assert resumed["methods"]["none"] == first["methods"]["none"] and resumed["methods"]["ftbc"] == ftbc
-    assert [r["methods"] for r in resumed["runs"]] == [["none", "ftbc"], ["cos"]]
-    assert json.loads(path.read_text()) == json.loads(json.dumps(resumed))
-    # ... but only with the same settings, and it leaves the file as it was
-    with pytest.raises(SystemExit, match="different settings .*limit"):
-        accuracy.main(shared + ["--methods", "none", "--limit", "50", "--resume"])
-    assert json.loads(path.read_text()) == json.loads(json.dumps(resumed))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", "cnn-mnist", "--timesteps", "1,2", "--methods", "none,ftbc,cos", "--seeds",
+                 "2", "--limit", "40", "--calib-batches", "1", "--calib-batch-size", "16", "--rho", "1",
+                 "--threads", "1", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert {m: i["draws"] for m, i in payload["methods"].items()} == {"none": 1, "ftbc": 2, "cos": 1}
+    capsys.readouterr()
+    evaluate_table.main([str(out)])
+    printed = capsys.readouterr().out
+    by = {(r["method"], r["T"]): r for r in payload["rows"]}
+    for t in (1, 2):
+        line = next(x for x in printed.splitlines() if x.startswith(f"| {t} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert cells[0] == f"{by[('none', t)]['accuracy']:.2f}" and "±" not in cells[0] + cells[2]
+        assert cells[1] == f"{by[('ftbc', t)]['accuracy']:.2f} ± {by[('ftbc', t)]['accuracy_std']:.2f}"
+    assert "latency T + 1" in printed and payload["command"] in printed
 
 
 def test_latency_placeholder_status_has_every_key_of_the_full_status():

@@ -180,9 +180,14 @@ def test_missing_data_folder_is_a_message(at, calls, tmp_path):
 
 
 def test_a_run_too_large_for_memory_is_refused(at, calls, monkeypatch):
-    monkeypatch.setattr(runs, "available_memory_bytes", lambda: 10 * 2**20)
+    # the core's memory policy at the app's share (25 %), before any data is loaded: one line, no run kept
+    from ftbc_core import experiment
+
+    monkeypatch.setattr(experiment, "available_memory_bytes", lambda: 10 * 2**20)
+    monkeypatch.setattr(experiment, "load_images", lambda *a, **k: pytest.fail("data loaded for a refused run"))
     run(at)
-    assert errors(at) and "would need about" in errors(at)[0] and not calls
+    assert errors(at) and "would need about" in errors(at)[0] and "more than 25%" in errors(at)[0]
+    assert [c.memory_fraction for c in calls] == [0.25] and "run" not in at.session_state
 
 
 def test_resnet20_is_the_default_when_shipped(at, calls, monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dashboard import compare_figures, exports, figures, neuron_figures, story  # noqa: E402
-from dashboard.per_image import ImagePredictions, neuron_order, predict_all, trace_layer  # noqa: E402
+from ftbc_core.per_image import ImagePredictions, neuron_order, predict_all, trace_layer  # noqa: E402
 from ftbc_core.assets import load_images  # noqa: E402
 from ftbc_core.checkpoint import load_checkpoint  # noqa: E402
 from ftbc_core.experiment import ExperimentConfig, run_experiment  # noqa: E402

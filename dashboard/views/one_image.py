@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import caches, exports, figures, neuron_figures, runs, story
 from dashboard.models import model_for
-from dashboard.per_image import neuron_order, trace_layer
+from ftbc_core.per_image import neuron_order, trace_layer
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.data import DataError, get_info, to_tensor
 

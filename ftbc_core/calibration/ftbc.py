@@ -320,7 +320,7 @@ def _grid(alphas: tuple[float, ...], batches: tuple[int, ...]) -> tuple[dict[str
     return tuple({"alpha": a, "batches": b, "batch_size": 64} for a in alphas for b in batches)
 
 
-# The grid benchmarks/accuracy.py chose FTBC's options from (α 0.1/0.2/0.5 x 2/4/8 batches), now in the registry.
+# FTBC's selection grid: α 0.1/0.2/0.5 x 2/4/8 batches of 64.
 ALPHA_GRID = _grid((0.1, 0.2, 0.5), (2, 4, 8))
 
 
@@ -360,7 +360,7 @@ class FTBCAlpha(_FtbcBase):
     label = "FTBC (paper's α-rule)"
     description = ("The paper's update as published: b[t] += α·(E[s[t]] − E[a]) per batch, layers in forward "
                    "order, each step redone with its new bias. Cycles where a channel's input has a point mass.")
-    # Chosen on held-out MNIST training images by benchmarks/accuracy.py (grid α 0.1/0.2/0.5 x 2/4/8 batches).
+    # Chosen on held-out MNIST training images with the selection grid (α 0.1/0.2/0.5 x 2/4/8 batches).
     defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
     selection_grid = ALPHA_GRID
 

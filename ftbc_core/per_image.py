@@ -1,6 +1,6 @@
-"""Per-image views of a stored run, computed in the dashboard from the run's networks (candidates for the core):
-every method's network rebuilt from its report, the prediction of every evaluation image after every step, and
-a few neurons of one layer for one image (spikes, charge and the ANN activation they approximate).
+"""Per-image views of a stored run (the dashboard's one-image page and walk-through): every method's network
+rebuilt from its report, the prediction of every evaluation image after every step, and a few neurons of one
+layer for one image (spikes, charge and the ANN activation they approximate).
 
 Time convention as in the core: index t of a ``[T, ...]`` array is after t+1 steps.
 """
@@ -14,20 +14,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftbc_core.assets import load_images
-from ftbc_core.calibration.base import copy_snn
-from ftbc_core.checkpoint import ModelCard
-from ftbc_core.convert import activation_sites
-from ftbc_core.data import ImageArrays, get_info, iterate_batches
-from ftbc_core.devices import check_device
-from ftbc_core.experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model
-from ftbc_core.image_trace import network_from_report
-from ftbc_core.neuron import IFNeuron, channel_view
-from ftbc_core.selection import split_held_out
-from ftbc_core.snn import SpikingNetwork, check_timesteps, running_mean
+from .assets import load_images
+from .checkpoint import ModelCard
+from .convert import clip_to_threshold, observe_activations
+from .data import ImageArrays, get_info, iterate_batches
+from .devices import check_device
+from .experiment import ExperimentConfig, ExperimentResult, calibration_images, prepare_model
+from .image_trace import network_from_report
+from .neuron import IFNeuron, channel_view
+from .selection import split_held_out
+from .snn import SpikingNetwork, check_timesteps, running_mean
+
+__all__ = ["rebuild_networks", "ImagePredictions", "predict_images", "predict_all", "LayerTrace", "trace_layer",
+           "neuron_order"]
 
 
-def build_networks(cfg: ExperimentConfig, ann: nn.Module, card: ModelCard,
+def rebuild_networks(cfg: ExperimentConfig, ann: nn.Module, card: ModelCard,
                    result: ExperimentResult) -> dict[str, SpikingNetwork]:
     """Every method's network of a stored run, rebuilt from its reports (biases, ρ) without recalibrating.
 
@@ -67,7 +69,6 @@ class ImagePredictions:
 def predict_images(net: SpikingNetwork, data: ImageArrays, timesteps: int, batch_size: int = 200) -> np.ndarray:
     """``[T, N]`` predicted class of every image after every step (one simulation to T, as the run's)."""
     timesteps = check_timesteps(timesteps)
-    net = copy_snn(net)  # private: simulating sets per-call state on the layers
     device = next(net.parameters()).device
     total = timesteps + net.latency
     out = []
@@ -119,12 +120,11 @@ def trace_layer(net: SpikingNetwork, ann: nn.Module, x: torch.Tensor, timesteps:
                 neurons: int = 32, seed: int = 0) -> LayerTrace:
     """Simulate one image ``x: [C, H, W]`` and record ``neurons`` seeded-random neurons of ``layer``.
 
-    Works on private copies of ``net`` and ``ann`` (hooks are added to them), so shared models stay untouched.
+    Neither ``net`` nor ``ann`` is modified (the observers belong to this call), so shared models can be traced.
     """
     timesteps = check_timesteps(timesteps)
     if layer not in net.layer_names:
         raise ValueError(f"unknown spiking layer {layer!r}")
-    net, ann = copy_snn(net), copy.deepcopy(ann).eval()
     x = x.unsqueeze(0) if x.dim() == 3 else x
     neuron = net.get_submodule("net." + layer)
     chosen: dict[str, torch.Tensor] = {}
@@ -148,16 +148,12 @@ def trace_layer(net: SpikingNetwork, ann: nn.Module, x: torch.Tensor, timesteps:
     net.simulate(x.to(device), timesteps + net.latency, hooks={neuron: (on_step,)})
     idx = chosen["idx"]
 
-    probe, _ = activation_sites(ann)
     seen: dict[str, torch.Tensor] = {}
-    handle = probe.get_submodule(layer).register_forward_hook(lambda _m, _i, out: seen.setdefault("a", out))
-    try:
-        probe(x.to(next(ann.parameters()).device))
-    finally:
-        handle.remove()
-    a = seen["a"][0].float()
-    theta = channel_view(neuron.theta, a.dim() + 1).expand(1, *a.shape)[0]
-    ratio = (torch.minimum(a.clamp_min(0), theta) / theta).reshape(-1)[idx.to(a.device)]
+    observe_activations(ann, x.to(next(ann.parameters()).device),
+                        lambda name, out: seen.setdefault("a", out) if name == layer else None)
+    a = clip_to_threshold(seen["a"], neuron.theta)[0]  # [C, ...] in [0, θ]
+    theta = channel_view(neuron.theta, a.dim() + 1).expand(1, *a.shape)[0].to(a.device)
+    ratio = (a / theta).reshape(-1)[idx.to(a.device)]
     per_channel = max(1, int(chosen["size"]) // max(1, a.shape[0]))
     return LayerTrace(layer=layer, spikes=torch.stack(spikes).numpy(), charge=torch.stack(charge).numpy(),
                       ann=ratio.cpu().numpy(), neuron_index=idx.numpy(), channel=(idx // per_channel).numpy(),
