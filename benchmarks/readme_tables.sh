@@ -5,7 +5,7 @@
 #   bash benchmarks/readme_tables.sh DATA [NAME...]     # DATA: the folder with cifar10/ and mnist/
 #
 # NAME picks tables (default: all): resnet20 variants-resnet20 variants-cnn-mnist resnet20-relu vgg16 cnn-mnist.
-# Times on a 2-core CPU (2026-12-04): resnet20 ~25 min, resnet20-relu ~15 min, vgg16 ~15 min, the others
+# Times on a 2-core CPU (2026-12-04, 2 threads): resnet20 14 min, resnet20-relu 16 min, vgg16 6 min, the others
 # a few minutes each. Each command can also be run on its own (copy it from below).
 set -euo pipefail
 DATA=${1:?usage: readme_tables.sh DATA [NAME...]}

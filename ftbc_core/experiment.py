@@ -273,6 +273,7 @@ def simulate_dataset(
     return accuracy, recorder.result() if recorder is not None else None
 
 
+@dist.exact_float32()
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -289,19 +290,6 @@ def run_experiment(
     Under torchrun (:mod:`ftbc_core.distributed`) the evaluation images are sharded over the processes and the
     calibration batches split; the accuracies are over every image, the measurements over rank 0's shard.
     """
-    with dist.exact_float32():
-        return _run_experiment(cfg, progress=progress, log=log, model=model, card=card)
-
-
-def _run_experiment(
-    cfg: ExperimentConfig,
-    *,
-    progress: Progress | None = None,
-    log: Log | None = None,
-    model: nn.Module | None = None,
-    card: ModelCard | None = None,
-) -> ExperimentResult:
-    """:func:`run_experiment`, with TF32 already off."""
     timesteps = check_timesteps(cfg.timesteps)
     methods = [get_method(m) for m in cfg.methods]
     if not methods:

@@ -43,3 +43,19 @@ def tiny_cnn() -> nn.Module:
 def mnist_like() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     return torch.rand(48, 1, 28, 28, generator=gen)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The experiments the dashboard actually computed (not read from its cache), as the core received them."""
+    from dashboard import runs  # local: only the dashboard tests import streamlit
+
+    seen = []
+    real = runs.run_experiment
+
+    def counting(cfg, **kwargs):
+        seen.append(cfg)
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(runs, "run_experiment", counting)
+    return seen

@@ -20,20 +20,6 @@ APP = ROOT / "dashboard" / "app.py"
 TINY = {"model": "cnn-mnist", "T": 4, "limit": 20, "batches": 1, "batch_size": 16}  # the page address's fields
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Count the experiments actually computed (not read from the cache)."""
-    seen = []
-    real = runs.run_experiment
-
-    def counting(cfg, **kwargs):
-        seen.append(cfg)
-        return real(cfg, **kwargs)
-
-    monkeypatch.setattr(runs, "run_experiment", counting)
-    return seen
-
-
 def open_app(**address) -> AppTest:
     """A fresh app (empty caches) opened on a page address with these fields (``?model=...&T=...``)."""
     st.cache_data.clear()

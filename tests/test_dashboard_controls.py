@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dashboard import bias_files, figures, runs  # noqa: E402
+from dashboard import bias_files, figures  # noqa: E402
 from ftbc_core.biases import read_biases  # noqa: E402
 from ftbc_core.calibration import METHODS  # noqa: E402
 from ftbc_core.calibration.base import (CalibrationMethod, CalibrationReport, OptionSpec, copy_snn,  # noqa: E402
@@ -26,20 +26,6 @@ from ftbc_core.experiment import calibrate_and_save  # noqa: E402
 from test_dashboard import TINY, charts, errors, open_app, run  # noqa: E402
 
 TWO_STEPS = {**TINY, "T": 2}
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """The experiments actually computed (not read from the cache), as the core received them."""
-    seen = []
-    real = runs.run_experiment
-
-    def counting(cfg, **kwargs):
-        seen.append(cfg)
-        return real(cfg, **kwargs)
-
-    monkeypatch.setattr(runs, "run_experiment", counting)
-    return seen
 
 
 def values(app, key: str):

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dashboard import exports  # noqa: E402
+from test_dashboard import TINY, open_app  # noqa: E402
 
-APP = ROOT / "dashboard" / "app.py"
-TINY = {"model": "cnn-mnist", "T": "4", "limit": "20", "batches": "1", "batch_size": "16"}
 PAGES = ["views/accuracy.py", "views/layers.py", "views/biases.py", "views/membrane.py", "views/one_image.py",
          "views/walkthrough.py", "views/compare.py", "views/neuron_lab.py"]
 needs_kaleido = pytest.mark.skipif(not exports.static_export_available(),
@@ -41,11 +38,7 @@ def test_png_and_svg_render_offline_with_the_system_chromium():
 
 @needs_kaleido
 def test_every_chart_of_every_page_has_its_downloads():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update(TINY)
-    at.run()
+    at = open_app(**TINY)
     at.button(key="run_button").click().run()
     assert not at.exception
     for page in PAGES:
@@ -59,11 +52,7 @@ def test_every_chart_of_every_page_has_its_downloads():
 
 
 def test_presenter_mode_enlarges_the_charts_shown():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update(TINY)
-    at.run()
+    at = open_app(**TINY)
     at.switch_page("views/neuron_lab.py").run()
     small = at.get("plotly_chart")[0].proto.spec
     at.toggle(key="presenter").set_value(True).run()

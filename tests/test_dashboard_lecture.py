@@ -23,19 +23,6 @@ TINY = {"model": "cnn-mnist", "T": "4", "limit": "20", "batches": "1", "batch_si
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    seen = []
-    real = runs.run_experiment
-
-    def counting(cfg, **kwargs):
-        seen.append(cfg)
-        return real(cfg, **kwargs)
-
-    monkeypatch.setattr(runs, "run_experiment", counting)
-    return seen
-
-
-@pytest.fixture
 def at(calls):
     st.cache_data.clear()
     st.cache_resource.clear()

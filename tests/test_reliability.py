@@ -156,20 +156,6 @@ def test_non_checkpoint_files_up_to_the_upload_limit(tmp_path):
 
 # == dashboard helpers ==========================================================================================
 @pytest.fixture
-def calls(monkeypatch):
-    """The experiments actually computed by the dashboard (not read from its cache)."""
-    seen = []
-    real = runs.run_experiment
-
-    def counting(cfg, **kwargs):
-        seen.append(cfg)
-        return real(cfg, **kwargs)
-
-    monkeypatch.setattr(runs, "run_experiment", counting)
-    return seen
-
-
-@pytest.fixture
 def new_app(monkeypatch, calls):
     """A factory of fresh dashboard sessions (the caches are cleared once per test)."""
     st.cache_data.clear()
