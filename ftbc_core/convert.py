@@ -38,7 +38,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .neuron import QCFS, IFNeuron
 
 __all__ = ["ConversionError", "ActivationSpec", "DEFAULT_MAPPING", "NAMED_MAPPING", "Site", "trace_sites",
-           "activation_sites", "observe_activations", "clip_to_threshold", "trace_model",
+           "activation_sites", "ActivationProbe", "observe_activations", "clip_to_threshold", "trace_model",
            "spiking_graph", "fold_batchnorm_graph"]
 
 
@@ -373,23 +373,45 @@ def activation_sites(model: nn.Module, mapping: Mapping | None = None) -> tuple[
     return trace_sites(model, mapping)
 
 
-@torch.no_grad()
+class ActivationProbe:
+    """``model`` traced once (:func:`activation_sites`) to observe every activation call separately on many batches.
+
+    Attributes:
+        model: the module observed (its parameters are shared, nothing is copied).
+        sites: the activation call sites in forward order.
+    """
+
+    def __init__(self, model: nn.Module, mapping: Mapping | None = None) -> None:
+        self.model = model
+        self._graph, self.sites = activation_sites(model, mapping)
+
+    @property
+    def names(self) -> list[str]:
+        return [site.name for site in self.sites]
+
+    @torch.no_grad()
+    def observe(self, batches: list[torch.Tensor] | torch.Tensor, fn: Callable[[str, torch.Tensor], None]) -> None:
+        """Run the model in eval mode (its mode restored after) on ``batches`` and call ``fn(site name, output)`` at
+        every activation call."""
+        handles = [self._graph.get_submodule(s.name).register_forward_hook(lambda _m, _i, out, n=s.name: fn(n, out))
+                   for s in self.sites]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for x in ([batches] if isinstance(batches, torch.Tensor) else batches):
+                self._graph(x)
+        finally:
+            for h in handles:
+                h.remove()
+            self.model.train(was_training)
+
+
 def observe_activations(model: nn.Module, batches: list[torch.Tensor] | torch.Tensor,
                         fn: Callable[[str, torch.Tensor], None], mapping: Mapping | None = None) -> None:
     """Run ``model`` in eval mode (its mode restored after) on ``batches`` and call ``fn(site name, output)`` at
-    every activation call, each call site separately (see :func:`activation_sites`)."""
-    probe, sites = activation_sites(model, mapping)
-    handles = [probe.get_submodule(s.name).register_forward_hook(lambda _m, _i, out, n=s.name: fn(n, out))
-               for s in sites]
-    was_training = model.training
-    model.eval()
-    try:
-        for x in ([batches] if isinstance(batches, torch.Tensor) else batches):
-            probe(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    every activation call, each call site separately (see :func:`activation_sites`; this traces ``model`` on
+    every call: :class:`ActivationProbe` traces once for many calls)."""
+    ActivationProbe(model, mapping).observe(batches, fn)
 
 
 def clip_to_threshold(out: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

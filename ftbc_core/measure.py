@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .convert import activation_sites, clip_to_threshold, observe_activations
+from .convert import ActivationProbe, clip_to_threshold
 from .neuron import IFNeuron, StepHook, channel_view
 from .snn import SpikingNetwork
 
@@ -110,7 +110,8 @@ class Recorder:
     def __init__(self, snn: SpikingNetwork, ann: nn.Module, timesteps: int) -> None:
         self.snn, self.ann, self.timesteps = snn, ann, int(timesteps)
         self.latency = int(getattr(snn, "latency", 0))
-        names = [site.name for site in activation_sites(ann)[1]]
+        self._probe = ActivationProbe(ann)  # traced once: observe_ann runs on every measured batch
+        names = self._probe.names
         if names != snn.layer_names:
             raise ValueError("the ANN and the SNN do not pair up layer by layer")
         self.names = names
@@ -130,7 +131,7 @@ class Recorder:
     def observe_ann(self, x: torch.Tensor) -> None:
         """Run the ANN on ``x`` and keep its activations (clipped to [0, θ]) for the next simulation."""
         thetas = {n: neuron.theta for n, neuron in zip(self.names, self.snn.neurons)}
-        observe_activations(self.ann, x, lambda n, out: self._acts.__setitem__(n, clip_to_threshold(out, thetas[n])))
+        self._probe.observe(x, lambda n, out: self._acts.__setitem__(n, clip_to_threshold(out, thetas[n])))
         self._n_images += x.shape[0]
 
     def _buffers(self, name: str, theta: torch.Tensor) -> dict[str, torch.Tensor]:

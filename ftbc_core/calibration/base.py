@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..convert import clip_to_threshold, observe_activations
+from ..convert import ActivationProbe, clip_to_threshold
 from ..snn import SpikingNetwork
 
 __all__ = ["CalibrationMethod", "CalibrationReport", "METHODS", "register", "get_method", "ann_channel_means",
@@ -239,14 +239,16 @@ class NoCorrection(CalibrationMethod):
 
 
 @torch.no_grad()
-def ann_channel_means(ann: nn.Module, x: torch.Tensor, thetas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def ann_channel_means(ann: nn.Module | ActivationProbe, x: torch.Tensor,
+                      thetas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per activation call site, the channel means of the ANN activation clipped to ``[0, θ]`` (what an IF layer
-    with threshold θ can express): ``{name: [C]}`` from one hooked forward pass on ``x``."""
+    with threshold θ can express): ``{name: [C]}`` from one hooked forward pass on ``x`` (pass an
+    :class:`~ftbc_core.convert.ActivationProbe` of the ANN to trace it once for many batches)."""
     means: dict[str, torch.Tensor] = {}
 
     def keep(name: str, out: torch.Tensor) -> None:
         a = clip_to_threshold(out, thetas[name])
         means[name] = a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
 
-    observe_activations(ann, x, keep)
+    (ann if isinstance(ann, ActivationProbe) else ActivationProbe(ann)).observe(x, keep)
     return means

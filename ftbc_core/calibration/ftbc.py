@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..convert import activation_sites
+from ..convert import ActivationProbe
 from ..neuron import IFNeuron, channel_view, if_step
 from ..snn import SpikingNetwork, check_timesteps
 from .base import (CalibrationMethod, CalibrationReport, Progress, ann_channel_means, check_options, copy_snn,
@@ -271,8 +271,8 @@ def fit_biases(
     device = next(new.parameters()).device
     neurons = new.neurons
     names = new.layer_names
-    ann_names = [site.name for site in activation_sites(ann)[1]]
-    if ann_names != names:
+    probe = ActivationProbe(ann)  # traced once for every batch's targets
+    if probe.names != names:
         raise ValueError("the ANN and the SNN do not pair up layer by layer (was the SNN converted from this ANN?)")
     thetas = {n: neuron.theta for n, neuron in zip(names, neurons)}
     for neuron in neurons:  # fresh [T, C] biases; C is known after the first target
@@ -285,7 +285,7 @@ def fit_biases(
     total = passes * len(chosen)
     for step_i in range(total):
         x = images[chosen[step_i % len(chosen)]].to(device)
-        targets = ann_channel_means(ann, x, thetas)
+        targets = ann_channel_means(probe, x, thetas)
         x = dist.local_part(x)  # torchrun: this process simulates its part (the targets are the whole batch's)
         bad = [n for n in names if not torch.isfinite(targets[n]).all()]
         if bad:
