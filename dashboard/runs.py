@@ -146,7 +146,9 @@ def _find_stored(cfg: ExperimentConfig, model: ModelRef) -> tuple[str, Experimen
     return None
 
 
-PROGRESS_INTERVAL_S = 0.25  # at most 4 progress updates per second: each one is a message the browser re-renders
+# At most 2 progress updates per second: each is a message the browser re-renders, on the cores the run needs
+# (Chromium took 3.6 s of CPU during a 9.8 s default run at 4 updates per second, benchmarks/README.md).
+PROGRESS_INTERVAL_S = 0.5
 
 
 def throttled(bar, interval: float = PROGRESS_INTERVAL_S):

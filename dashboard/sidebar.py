@@ -26,7 +26,9 @@ from ftbc_core.public_models import PUBLIC_ARCHS, PUBLIC_NORMALIZATION
 
 # T = 8: where FTBC matters most in a lecture (about 3 points on ResNet-20, under 1 point at T = 16), and a first
 # run that renders in about 8 s on 2 cores (benchmarks/README.md, dashboard latency); the form takes 1-64.
-DEFAULTS = {"model": "resnet20-cifar10", "timesteps": 8, "limit": 200, "record_images": 100,
+# Charts are measured on 64 images (4 simulation chunks at T = 8, about a million values per layer histogram):
+# measuring costs 3-4x a plain simulation step.
+DEFAULTS = {"model": "resnet20-cifar10", "timesteps": 8, "limit": 200, "record_images": 64,
             "methods": ["none", "ftbc"]}
 ADDRESS_FIELDS = {"T": "timesteps", "model": "model", "methods": "methods", "limit": "limit",
                   "record_images": "record_images"}

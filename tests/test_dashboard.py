@@ -61,7 +61,7 @@ def test_fresh_start_asks_for_a_run(at):
 def test_every_page_after_a_run(at, calls):
     run(at)
     assert len(calls) == 1 and calls[0].record and calls[0].timesteps == 4
-    assert calls[0].record_images == 20  # the default (100) capped at the evaluation images
+    assert calls[0].record_images == 20  # the default (64) capped at the evaluation images
     assert not errors(at) and charts(at) == 1
     table = at.dataframe[0].value
     assert list(table.index) == [1, 2, 3, 4] and {"ANN", "none", "ftbc"} <= set(table.columns)
@@ -88,7 +88,8 @@ def test_every_page_after_a_run(at, calls):
     assert not at.exception
 
     at.switch_page("views/one_image.py").run()
-    assert at.title[0].value == "One image" and charts(at) == 4  # image, probability, raster, one neuron's charge
+    assert at.title[0].value == "One image" and charts(at) == 3 and len(at.get("image")) == 1  # image, probability,
+    # raster, one neuron's charge
     at.number_input(key="image_index").set_value(7).run()
     at.selectbox(key="image_layer").set_value("classifier.1").run()
     at.radio(key="raster_method").set_value("ftbc").run()
@@ -154,7 +155,7 @@ def test_upload_of_a_real_checkpoint_runs(at, calls):
     run(at)
     assert not errors(at) and len(calls) == 1 and calls[0].model.startswith("upload:")
     at.switch_page("views/one_image.py").run()
-    assert not at.exception and charts(at) == 4
+    assert not at.exception and charts(at) == 3 and len(at.get("image")) == 1
 
 
 def test_missing_data_folder_is_a_message(at, calls, tmp_path):
@@ -202,7 +203,7 @@ def test_resnet20_is_the_default_when_shipped(at, calls, monkeypatch, tmp_path):
     run(app)
     assert not errors(app) and calls[-1].model == "resnet20-cifar10"
     app.switch_page("views/one_image.py").run()
-    assert not app.exception and charts(app) == 4
+    assert not app.exception and charts(app) == 3 and app.get("image")[0].proto.imgs[0].url  # an RGB picture
 
 
 def test_data_that_does_not_fit_the_model_is_a_message(at, calls, tmp_path):

@@ -121,9 +121,13 @@ def test_image_probability_figure(result, networks):
     fig = figures.probability_figure(traces, 3, [str(k) for k in range(10)])
     np.testing.assert_allclose(fig.data[1].y, traces["ftbc"].probabilities[:, 3])
     assert titles(fig) == ("time step t", "softmax probability of the true class")
-    grey = figures.image_figure(np.zeros((28, 28, 1), np.uint8))
-    rgb = figures.image_figure(np.zeros((32, 32, 3), np.uint8), "x")
-    assert grey.data[0].type == "heatmap" and rgb.data[0].type == "image"
+    grey = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+    big = figures.image_pixels(grey)
+    assert big.shape == (252, 252) and (big[::9, ::9] == grey[..., 0]).all() and (big[8::9, 8::9] == grey[..., 0]).all()
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert (figures.image_pixels(rgb)[::8, ::8] == rgb).all() and figures.image_pixels(rgb).shape == (256, 256, 3)
+    with pytest.raises(ValueError, match="uint8 image"):
+        figures.image_pixels(np.zeros((28, 28)))
 
 
 def test_predictions_per_image_give_the_runs_accuracy(result, networks):

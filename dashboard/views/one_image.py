@@ -11,7 +11,7 @@ from ftbc_core.per_image import neuron_order, trace_layer
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.data import DataError, get_info, to_tensor
 
-SHOWN = 24  # image buttons per list
+SHOWN = 16  # image buttons per list (two rows; each button is a widget the browser draws)
 
 st.title("One image")
 run = runs.require_run()
@@ -76,7 +76,7 @@ true_class = int(images.y[index])
 traces = {m: caches.image_trace(run.key, covered, m, index, T, networks[m], x) for m in chosen}
 col_img, col_prob = st.columns([1, 2])
 with col_img:
-    exports.chart(figures.image_figure(images.x[index]), f"image-{index}", "image_chart", displayModeBar=False)
+    st.image(figures.image_pixels(images.x[index]), width=256)
     st.markdown(f"Image {index} of the evaluation sample, true class **'{classes[true_class]}'**")
     for m, tr in traces.items():
         pred = int(tr.predictions[-1])

@@ -66,8 +66,7 @@ else:
                   for m in story.methods_to_contrast(result) if m}
         left, right = st.columns([1, 2])
         with left:
-            exports.chart(figures.image_figure(images.x[told.index]), f"walk-image-{told.index}", "walk_image",
-                          displayModeBar=False)
+            st.image(figures.image_pixels(images.x[told.index]), width=256)
         with right:
             exports.chart(figures.probability_figure(traces, int(images.y[told.index]), classes),
                           f"walk-image-{told.index}-probability", "walk_chart")
