@@ -24,13 +24,13 @@ run() {  # NAME ARGS...: run one table unless not wanted
 }
 
 # cnn-mnist, options chosen on held-out training images, 3 draws, first 2,000 test images
-run cnn-mnist --model cnn-mnist --timesteps 1,2,4,8,16 --methods none,ftbc,ftbc-alpha,ftbc-exact,cos \
+run cnn-mnist --model cnn-mnist --timesteps 1,2,4,8,16 --methods none,ftbc,ftbc-root,ftbc-alpha,ftbc-exact,cos \
     --select auto --seeds 3 --limit 2000
 # the published variants beside ours, each method with its registry defaults, 3 draws
 run variants-cnn-mnist --model cnn-mnist --timesteps 1,2,4,8 \
-    --methods none,ftbc,ftbc-alpha,ftbc-official,cos,cos-causal --seeds 3 --limit 2000
+    --methods none,ftbc,ftbc-root,ftbc-alpha,ftbc-official,cos,cos-causal --seeds 3 --limit 2000
 run variants-resnet20 --model resnet20-cifar10 --timesteps 1,2,4,8 \
-    --methods none,ftbc,ftbc-alpha,ftbc-official,cos,cos-causal --seeds 3 --limit 2000
+    --methods none,ftbc,ftbc-root,ftbc-alpha,ftbc-official,cos,cos-causal --seeds 3 --limit 2000
 # the shipped QCFS ResNet-20 on the full test set, options chosen on held-out training images, 3 draws
 run resnet20 --model resnet20-cifar10 --timesteps 1,2,4,8,16 --methods none,ftbc,cos --select auto --seeds 3
 # plain ReLU ResNet-20 (θ = 99.9th percentile of the calibration draw: every method repeats per draw)

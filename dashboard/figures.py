@@ -16,7 +16,7 @@ from ftbc_core.neuron_lab import NeuronTrace
 
 COLORS = {"none": "#7f7f7f", "ftbc": "#1f77b4", "ftbc-alpha": "#17becf", "ftbc-exact": "#2ca02c",
           "ftbc-layer": "#9467bd", "ftbc-official": "#8c564b", "cos": "#ff7f0e", "cos-causal": "#e377c2",
-          "file": "#bcbd22"}  # a method missing here gets plotly's next colour
+          "ftbc-root": "#aec7e8", "file": "#bcbd22"}  # a method missing here gets plotly's next colour
 ERROR_AXIS = {"abs": "mean |SNN − ANN| (activation units)",
               "rel": "relative error (× mean ANN activation)",
               "offset": "mean |offset| (spikes)"}

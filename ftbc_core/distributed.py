@@ -57,8 +57,8 @@ __all__ = ["DEFAULT_TIMEOUT_S", "DISTRIBUTED_METHODS", "DistributedError", "Laun
 DEFAULT_TIMEOUT_S = 60.0
 #: Methods whose calibration is correct when split over processes (the others run as one process only).
 #: ``ftbc-official`` averages per element inside its own module without all-reducing: refused when distributed.
-DISTRIBUTED_METHODS = frozenset({"none", "ftbc", "ftbc-alpha", "ftbc-exact", "ftbc-layer", "cos", "cos-causal",
-                                 "file"})
+DISTRIBUTED_METHODS = frozenset({"none", "ftbc", "ftbc-root", "ftbc-alpha", "ftbc-exact", "ftbc-layer", "cos",
+                                 "cos-causal", "file"})
 
 
 class DistributedError(RuntimeError):

@@ -14,10 +14,13 @@ It assumes the channel's firing rate moves smoothly with b. Where many neurons s
 no bias reaches a target inside the jump, and the iteration cycles around it for ever: the result then depends on
 the number of batches and the draw (docs/method.md, section 5).
 
-Averaged bracketed root (``ftbc``, the default), per batch, step and channel, with ``g(b) = E(b) - A`` evaluated
-exactly on the batch (the same float operations as the deployed neuron; each evaluation is one subtraction, one
-comparison and one reduction over the step's tensor)::
+Averaged bracketed root with a running-mean target (``ftbc``, the default), per batch, step and channel, with
+``g(b) = E(b) - A_t`` evaluated exactly on the batch (the same float operations as the deployed neuron; each
+evaluation is one subtraction, one comparison and one reduction over the step's tensor)::
 
+    A_t  = A + Σ_τ<t (A - E_τ)   the ANN mean plus what the batch's earlier steps left unmatched (E_τ: their
+                                 spike means with the biases just fitted), so the running mean of the spikes,
+                                 which is what the output reads, follows A even where a step cannot match it
     r    = the evaluated bias of smallest |g| in a short root search from b[t]: the α step first, then regula
            falsi (Illinois) once g changed sign, else a secant step     (this batch's root; 8 evaluations on the
            first batch, which starts from b = 0, then 4)
@@ -26,7 +29,11 @@ comparison and one reduction over the step's tensor)::
 
 The running mean makes the fit converge: the change per batch shrinks like 1/k (``CalibrationReport.bias_change``).
 Only evaluated points are kept, so at a point mass every candidate fires all tied neurons or none, and the windowed
-search keeps the mean from landing on an arbitrary side of it: it takes the side closer to the target.
+search keeps the mean from landing on an arbitrary side of it: it takes the side closer to the target. Where every
+step can be matched, ``A_t = A`` and ``ftbc`` equals ``ftbc-root`` (the same rule with ``A_t = A``). Where a step
+cannot (a point mass), ``ftbc-root`` leaves the gap in place at every later step, and its choice of side depends on
+the last batch: on the shipped cnn-mnist with α 0.1 x 8 batches it fell to 88.1 % at T = 4 on one draw of four,
+``ftbc`` stayed at 98.95-99.05 % (README, Results).
 
 Exact root (``ftbc-exact``): the bias that makes the fraction of neurons with ``u[t] >= θ`` equal ``A/θ`` is a
 quantile of ``w = v[t-1] + z[t] - θ`` over the batch and positions: ``b = quantile(w, 1 - A/θ)``.
@@ -48,9 +55,9 @@ from ..snn import SpikingNetwork, check_timesteps
 from .base import (CalibrationMethod, CalibrationReport, Progress, ann_channel_means, check_options, copy_snn,
                    register)
 
-__all__ = ["FtbcRule", "FtbcRootRule", "fit_biases", "FTBC", "FTBCAlpha", "FTBCExact", "FTBCLayer"]
+__all__ = ["FtbcRule", "FtbcRootRule", "fit_biases", "FTBC", "FTBCAlpha", "FTBCExact", "FTBCLayer", "FTBCRoot"]
 
-MODES = ("alpha", "exact", "root")
+MODES = ("alpha", "exact", "root", "carry")
 
 
 def _channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -149,8 +156,10 @@ class FtbcRootRule:
     GROWTH = 4.0  # most a step may grow over the previous one before the root is bracketed
 
     def __init__(self, target: torch.Tensor, alpha: float, weight: float = 1.0, layerwise: bool = False,
-                 evals: int = 4, window_evals: int = 3, first_evals: int = 8) -> None:
+                 evals: int = 4, window_evals: int = 3, first_evals: int = 8, carry: bool = False) -> None:
         self.target = target.mean().view(1) if layerwise else target
+        self.carry = carry
+        self._deficit = torch.zeros_like(self.target)  # carry: Σ_τ<t (A − E[s[τ]]) of this batch so far
         self.alpha = float(alpha)
         self.weight = float(weight)
         self.layerwise = layerwise
@@ -158,7 +167,7 @@ class FtbcRootRule:
         self.window_evals = int(window_evals)
         self.first_evals = int(first_evals)
 
-    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, out: torch.Tensor):
+    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, out: torch.Tensor, target: torch.Tensor):
         """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``; ``out``
         is the scratch buffer (the same float operations as the deployed step, so ties fire exactly as there)."""
         theta_v = channel_view(theta, vz.dim())
@@ -169,12 +178,14 @@ class FtbcRootRule:
             torch.sub(vz, channel_view(b, vz.dim()), out=out)
             torch.ge(out, theta_v, out=out)
             mean = dist.all_reduce_sum(out.sum(dims)).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24
-            return (mean.mean().view(1) if self.layerwise else mean) - self.target
+            return (mean.mean().view(1) if self.layerwise else mean) - target
 
         return error
 
-    def _search(self, error, start: torch.Tensor, radius: torch.Tensor | None, evals: int) -> torch.Tensor:
-        """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it).
+    def _search(self, error, start: torch.Tensor, radius: torch.Tensor | None,
+                evals: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it), and
+        its ``g``.
 
         Trial points: ``start + α·g`` first; then, once two points have errors of opposite signs (the root is
         bracketed), regula falsi with the Illinois modification; before that, the secant step towards the root,
@@ -217,16 +228,21 @@ class FtbcRootRule:
             g_lo, g_hi = g_lo_new, g_hi_new
             kept = torch.where(pos, 1.0, torch.where(neg, -1.0, kept))
             b_prev, g_prev, b, g = b, g, cand, gc
-        return best
+        return best, best_g
 
     def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
-        error = self._error_fn(vz, neuron.theta, out)
+        target = self.target + self._deficit if self.carry else self.target
+        error = self._error_fn(vz, neuron.theta, out, target)
         b0 = neuron.bias[t].clone()
-        root = self._search(error, b0, None, self.first_evals if self.weight >= 1.0 else self.evals)
+        root, g = self._search(error, b0, None, self.first_evals if self.weight >= 1.0 else self.evals)
         mean = torch.lerp(b0, root, self.weight)
         if self.weight < 1.0 and self.window_evals > 1:
-            mean = self._search(error, mean, (mean - b0).abs(), self.window_evals)
+            mean, g = self._search(error, mean, (mean - b0).abs(), self.window_evals)
+        elif self.weight < 1.0 and self.carry:
+            g = error(mean)
+        if self.carry:  # what this step leaves unmatched is asked of the next one
+            self._deficit = -g
         neuron.bias[t] = mean
         theta = channel_view(neuron.theta, v.dim())
         u = vz.sub_(channel_view(neuron.bias[t], v.dim()))  # the step with the new bias
@@ -298,8 +314,9 @@ def fit_biases(
                 neuron.bias = torch.zeros(timesteps, c, device=device)
             before.append(neuron.bias.clone())
             weight = 1.0 / (step_i + 1)  # exact, root: running average of the per-batch roots
-            if mode == "root":
-                rules[neuron] = FtbcRootRule(targets[name].to(device), alpha, weight, layerwise)
+            if mode in ("root", "carry"):
+                rules[neuron] = FtbcRootRule(targets[name].to(device), alpha, weight, layerwise,
+                                             carry=mode == "carry")
             else:
                 rules[neuron] = FtbcRule(targets[name].to(device), alpha, mode, layerwise, weight)
         new.simulate(x, timesteps, rules=rules)
@@ -345,10 +362,22 @@ class _FtbcBase(CalibrationMethod):
 @register
 class FTBC(_FtbcBase):
     name = "ftbc"
-    label = "FTBC (averaged root, converges)"
+    label = "FTBC (averaged root, running-mean target)"
     description = ("Per layer, step and channel biases fitted in forward passes: each batch's best bias (a short "
-                   "root search of E[s[t]] = E[a] from the α step) is averaged over batches, then moved to the "
-                   "nearer side of any point mass; converges where the paper's α-rule cycles.")
+                   "root search from the α step) for the step's target, the ANN mean plus what the earlier steps "
+                   "left unmatched, averaged over batches, then moved to the nearer side of any point mass; "
+                   "converges where the paper's α-rule cycles.")
+    defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
+    selection_grid = ALPHA_GRID
+    mode = "carry"
+
+
+@register
+class FTBCRoot(_FtbcBase):
+    name = "ftbc-root"
+    label = "FTBC averaged root (per-step target)"
+    description = ("As ftbc, but every step aims at the ANN mean alone: what a step cannot match (a point mass) "
+                   "is not made up later, and the running mean of the spikes can drift at T > 1.")
     defaults: dict[str, Any] = {"alpha": 0.5, "batches": 4, "batch_size": 64, "passes": 1, "seed": 0}
     selection_grid = ALPHA_GRID
     mode = "root"
