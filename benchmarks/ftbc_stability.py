@@ -1,7 +1,8 @@
 """How much an FTBC result depends on the calibration draw: accuracy over (number of batches, seed) per method.
 
     OMP_NUM_THREADS=1 python benchmarks/ftbc_stability.py --model cnn-mnist --data-dir ../shared/data \\
-        --limit 2000 --batches 4,8,16,32 --seeds 0,1,2,3 --methods ftbc-alpha,ftbc,ftbc-exact --timesteps 1,2,4
+        --limit 2000 --batches 4,8,16,32 --seeds 0,1,2,3 --methods ftbc-alpha,ftbc,ftbc-root,ftbc-exact \\
+        --timesteps 1,2,4,8
 
 Protocol: the same as ``run_experiment(ExperimentConfig(model, data_dir, timesteps=max(T), methods, limit,
 method_options={"batches": b}, seed=s))`` for every (b, s), but the model is loaded and converted once per seed

@@ -139,8 +139,8 @@ class FtbcRule:
 
 
 class FtbcRootRule:
-    """Step rule of the default ``ftbc``: this batch's root by a short search, averaged over batches, then the
-    best point of this batch next to the average (see the module docstring).
+    """Step rule of ``ftbc`` and ``ftbc-root``: this batch's root by a short search, averaged over batches, then
+    the best point of this batch next to the average (see the module docstring).
 
     Args:
         target: ANN channel means ``[C]`` for this batch.
@@ -151,6 +151,8 @@ class FtbcRootRule:
             subtraction, one comparison and one reduction over the step's tensor, about a tenth of a conv's cost).
         first_evals: evaluations of the root search on the first batch (``weight`` 1), which starts from b = 0,
             far from the root, and whose root weighs most in the running mean.
+        carry: aim step t at ``A + Σ_τ<t (A − E_τ)`` (the running mean follows A: ``ftbc``) instead of ``A``
+            (``ftbc-root``); the rule then keeps the batch's unmatched remainder between its steps.
     """
 
     GROWTH = 4.0  # most a step may grow over the previous one before the root is bracketed
