@@ -156,7 +156,7 @@ def test_profile_experiment_smoke(capsys):
 
     assert profile_experiment.main(["--model", "cnn-mnist", "--top", "3"]) > 0
     out = capsys.readouterr().out
-    assert "cnn-mnist: T=" in out and "measured on 100" in out and "tottime" in out
+    assert "cnn-mnist: T=" in out and "measured on 64" in out and "tottime" in out
 
 
 def test_readme_table_is_the_evaluate_json(tmp_path, capsys):
