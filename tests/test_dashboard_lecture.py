@@ -149,16 +149,23 @@ def test_one_image_opens_on_an_image_the_correction_fixes(at, calls):
     run(at)
     at.switch_page("views/one_image.py").run()
     ok(at)
-    fix_buttons = [b for b in at.button if b.key and b.key.startswith("fix_")]
-    break_buttons = [b for b in at.button if b.key and b.key.startswith("break_")]
-    assert fix_buttons or break_buttons
-    if fix_buttons:
-        first = int(fix_buttons[0].key.split("_")[1])
-        assert at.number_input(key="image_index").value == first  # opened on the first image FTBC fixes
-    target = (break_buttons or fix_buttons)[-1]
-    target.click().run()
+    lists = {w.key: w for w in at.pills if w.key in ("fix_pick", "break_pick")}
+    first = {k: int(w.options[0].split()[0][1:]) for k, w in lists.items()}  # labels "#12 cat (was dog)"
+    assert lists, "neither list of disagreements is shown"
+    if "fix_pick" in lists:  # opened on the first image FTBC fixes
+        assert at.number_input(key="image_index").value == first["fix_pick"]
+    key = "break_pick" if "break_pick" in lists else "fix_pick"
+    target = int(lists[key].options[-1].split()[0][1:])
+    at.pills(key=key).set_value(target).run()
     ok(at)
-    assert at.number_input(key="image_index").value == int(target.key.split("_")[1])
+    assert at.number_input(key="image_index").value == target
+    assert all(at.pills(key=k).value is None for k in lists if k != key)  # one list shows the open image
+    at.slider(key="dis_t").set_value(1).run()  # other lists: the chosen image may no longer be among them
+    ok(at)
+    assert at.number_input(key="image_index").value == target
+    at.number_input(key="image_index").set_value(0).run()
+    ok(at)
+    assert at.pills(key=key).value is None  # an image typed in clears the list's choice
     table = next(d.value for d in at.dataframe if "ftbc p(true)" in d.value.columns)
     assert np.all((table["ftbc p(true)"] >= 0) & (table["ftbc p(true)"] <= 1))
     at.slider(key="dis_t").set_value(1).run()

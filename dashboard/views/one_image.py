@@ -11,7 +11,7 @@ from ftbc_core.per_image import neuron_order, trace_layer
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.data import DataError, get_info, to_tensor
 
-SHOWN = 16  # image buttons per list (two rows; each button is a widget the browser draws)
+SHOWN = 16  # images listed per list (one pills widget each: one element for the browser, not 16 buttons)
 
 st.title("One image")
 run = runs.require_run()
@@ -36,8 +36,21 @@ classes = list(card.class_names) or [str(k) for k in range(get_info(card.dataset
 methods = list(result.methods)
 
 
-def pick(i: int) -> None:
-    st.session_state["image_index"] = st.session_state["image_pick"] = i
+LISTS = ("fix_pick", "break_pick")  # the pills of the two lists (one image open at a time: one chosen pill)
+
+
+def pick_from(key: str) -> None:
+    """Open the image just chosen in a list and clear the other list (a second click leaves the image open)."""
+    if st.session_state.get(key) is not None:
+        st.session_state["image_index"] = st.session_state["image_pick"] = int(st.session_state[key])
+    for other in LISTS:
+        if other != key:
+            st.session_state[other] = None
+
+
+def clear_lists() -> None:
+    for key in LISTS:
+        st.session_state[key] = None
 
 
 base, corr = story.methods_to_contrast(result)
@@ -51,15 +64,16 @@ if corr is not None:
     preds = runs.predictions(run)
     fixed, broken = preds.disagreements(before, after, t_dis)
     default = int(fixed[0]) if len(fixed) else 0
-    for title, found, name in ((f"Fixed by {figures.label(after)}", fixed, "fix"),
-                               (f"Broken by {figures.label(after)}", broken, "break")):
+    for title, found, key, shown in ((f"Fixed by {figures.label(after)}", fixed, "fix_pick", before),
+                                     (f"Broken by {figures.label(after)}", broken, "break_pick", after)):
         st.markdown(f"**{title}: {len(found)}** of {len(preds.labels)} images at t = {t_dis}"
                     + (f" (the first {SHOWN} shown)" if len(found) > SHOWN else ""))
-        cols = st.columns(8)
-        for k, i in enumerate(found[:SHOWN]):
-            cols[k % 8].button(f"#{i} {classes[preds.labels[i]]}", key=f"{name}_{i}", on_click=pick, args=(int(i),),
-                               help=f"{figures.label(before)}: '{classes[preds.predicted[before][t_dis - 1, i]]}', "
-                                    f"{figures.label(after)}: '{classes[preds.predicted[after][t_dis - 1, i]]}'")
+        wrong = preds.predicted[shown][t_dis - 1]  # the wrong answer: before the fix, or after the break
+        tense = "was" if key == "fix_pick" else "now"
+        if len(found):
+            st.pills(title, [int(i) for i in found[:SHOWN]], key=key, label_visibility="collapsed",
+                     format_func=lambda i, w=wrong, s=tense: f"#{i} {classes[preds.labels[i]]} ({s} {classes[w[i]]})",
+                     on_change=pick_from, args=(key,))
 
 marker = f"{run.key}|{T}"
 if st.session_state.get("image_for") != marker:  # a new run opens on the first image the correction fixes
@@ -68,7 +82,8 @@ if "image_index" not in st.session_state:
     st.session_state["image_index"] = st.session_state["image_pick"]
 left, right = st.columns([1, 2])
 index = int(left.number_input("Image index", 0, len(images) - 1, key="image_index",
-                              on_change=lambda: st.session_state.update(image_pick=st.session_state["image_index"])))
+                              on_change=lambda: (st.session_state.update(image_pick=st.session_state["image_index"]),
+                                                 clear_lists())))
 chosen = right.multiselect("Methods", methods, default=methods, format_func=figures.label, key="image_methods")
 
 x = to_tensor(images.x[index : index + 1])[0]
