@@ -39,18 +39,17 @@ methods = list(result.methods)
 LISTS = ("fix_pick", "break_pick")  # the pills of the two lists (one image open at a time: one chosen pill)
 
 
+def clear_lists(keep: str | None = None) -> None:
+    for key in LISTS:
+        if key != keep:
+            st.session_state[key] = None
+
+
 def pick_from(key: str) -> None:
     """Open the image just chosen in a list and clear the other list (a second click leaves the image open)."""
     if st.session_state.get(key) is not None:
         st.session_state["image_index"] = st.session_state["image_pick"] = int(st.session_state[key])
-    for other in LISTS:
-        if other != key:
-            st.session_state[other] = None
-
-
-def clear_lists() -> None:
-    for key in LISTS:
-        st.session_state[key] = None
+    clear_lists(keep=key)
 
 
 base, corr = story.methods_to_contrast(result)
