@@ -29,7 +29,7 @@ from common import (add_data_args, add_model_args, fmt_table, load_ann, load_cal
 
 from ftbc_core.calibration import ann_channel_means, fit_biases  # noqa: E402
 from ftbc_core.calibration.base import copy_snn  # noqa: E402
-from ftbc_core.calibration.ftbc import FtbcRule  # noqa: E402
+from ftbc_core.calibration.ftbc import MODES, FtbcRule  # noqa: E402
 from ftbc_core.snn import SpikingNetwork, check_timesteps, to_snn  # noqa: E402
 
 NAME = "calibration_cost"
@@ -114,10 +114,11 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
     snn = to_snn(ann, images=calib)  # QCFS: θ = λ; ReLU: 99.9th percentile on the calibration images
     batch = calib[: args.batch_size]
     rows = []
+    reference = args.mode == "alpha"  # the reference schedule is the α-rule's: compared for that mode only
     for t in args.timesteps:
         verify = verify_reference(snn, ann, calib, x_eval[: args.verify_images], y_eval[: args.verify_images],
                                   min(t, args.verify_timesteps), args.alpha, args.verify_batches,
-                                  args.verify_batch_size, args.atol)
+                                  args.verify_batch_size, args.atol) if reference else None
 
         def forward_pair() -> None:
             with torch.no_grad():
@@ -125,7 +126,8 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
                 snn.simulate(batch, t)
 
         def ours_fit() -> None:
-            fit_biases(snn, ann, calib, t, alpha=args.alpha, batches=args.batches, batch_size=args.batch_size)
+            fit_biases(snn, ann, calib, t, alpha=args.alpha, batches=args.batches, batch_size=args.batch_size,
+                       mode=args.mode)
 
         def reference_fit() -> None:
             reference_fit_biases(snn, ann, calib, t, alpha=args.alpha, batches=args.reference_batches,
@@ -133,25 +135,28 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
 
         t_pair, _ = time_call(forward_pair, repeats=args.repeats, warmup=args.warmup)
         t_ours, _ = time_call(ours_fit, repeats=args.repeats, warmup=min(args.warmup, 1))
-        start = time.perf_counter()
-        t_ref, _ = time_call(reference_fit, repeats=args.reference_repeats, warmup=0)
         per_ours = t_ours.median / args.batches
-        per_ref = t_ref.median / args.reference_batches
-        row = {"model": spec.label, "T": t, "batch": int(batch.shape[0]), "layers": len(snn.layer_names),
-               "ann+snn s": t_pair.median, "ftbc s/batch": per_ours, "ftbc / (ann+snn)": per_ours / t_pair.median,
-               "reference s/batch": per_ref, "reference / ftbc": per_ref / per_ours,
-               "verify max abs Δb": verify["max_abs_bias_diff"], "verify acc ours": verify["accuracy_ours"],
-               "verify acc ref": verify["accuracy_reference"],
-               "timings": {"ann_plus_snn": t_pair.to_dict(), "ftbc_fit": t_ours.to_dict(),
-                           "reference_fit": t_ref.to_dict()},
-               "verification": verify, "reference_wall_s": time.perf_counter() - start}
+        row = {"model": spec.label, "T": t, "mode": args.mode, "batch": int(batch.shape[0]),
+               "layers": len(snn.layer_names), "ann+snn s": t_pair.median, "ftbc s/batch": per_ours,
+               "ftbc / (ann+snn)": per_ours / t_pair.median,
+               "timings": {"ann_plus_snn": t_pair.to_dict(), "ftbc_fit": t_ours.to_dict()}}
+        line = (f"{spec.label} T={t} mode {args.mode}: FTBC {per_ours:.3f} s/batch = {row['ftbc / (ann+snn)']:.2f} x "
+                f"(ANN + SNN forward {t_pair.median:.3f} s; target <= 1.5)")
+        if reference:
+            start = time.perf_counter()
+            t_ref, _ = time_call(reference_fit, repeats=args.reference_repeats, warmup=0)
+            per_ref = t_ref.median / args.reference_batches
+            row.update({"reference s/batch": per_ref, "reference / ftbc": per_ref / per_ours,
+                        "verify max abs Δb": verify["max_abs_bias_diff"], "verify acc ours": verify["accuracy_ours"],
+                        "verify acc ref": verify["accuracy_reference"], "verification": verify,
+                        "reference_wall_s": time.perf_counter() - start})
+            row["timings"]["reference_fit"] = t_ref.to_dict()
+            line += (f"; reference schedule {per_ref:.3f} s/batch = {row['reference / ftbc']:.1f} x slower; same "
+                     f"biases: max |Δb| {verify['max_abs_bias_diff']:.2e} (|b| up to {verify['max_abs_bias']:.2e}), "
+                     f"accuracy {verify['accuracy_ours']:.2f}% vs {verify['accuracy_reference']:.2f}% on "
+                     f"{verify['eval_images']} images at T={verify['timesteps']}")
         rows.append(row)
-        print(f"{spec.label} T={t}: FTBC {per_ours:.3f} s/batch = {row['ftbc / (ann+snn)']:.2f} x (ANN + SNN forward "
-              f"{t_pair.median:.3f} s; target <= 1.5); reference schedule {per_ref:.3f} s/batch = "
-              f"{row['reference / ftbc']:.1f} x slower; same biases: max |Δb| {verify['max_abs_bias_diff']:.2e} "
-              f"(|b| up to {verify['max_abs_bias']:.2e}), accuracy {verify['accuracy_ours']:.2f}% vs "
-              f"{verify['accuracy_reference']:.2f}% on {verify['eval_images']} images at T={verify['timesteps']}",
-              flush=True)
+        print(line, flush=True)
     return rows
 
 
@@ -163,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="calibration batch size")
     p.add_argument("--batches", type=int, default=4, help="calibration batches of the timed FTBC fit")
     p.add_argument("--alpha", type=float, default=0.1, help="FTBC step size")
+    p.add_argument("--mode", default="alpha", choices=MODES,
+                   help="fit_biases mode: alpha (ftbc-alpha, compared with the reference schedule), carry (ftbc, "
+                        "the default method: --alpha 0.5), root (ftbc-root), exact (ftbc-exact)")
     p.add_argument("--calib-images", type=int, default=512, help="training images to draw batches from")
     p.add_argument("--reference-batches", type=int, default=1, help="batches of the timed reference-schedule fit")
     p.add_argument("--reference-repeats", type=int, default=1, help="timed repeats of the (slow) reference fit")
@@ -183,16 +191,17 @@ def main(argv: list[str] | None = None) -> dict:
         x_eval, y_eval, eval_desc = load_eval(spec.dataset, args.data_dir, args.images)
         print(f"{spec.label}: calibration from {calib_desc}; equality check on {eval_desc}", flush=True)
         rows += measure_model(spec, args, calib, x_eval, y_eval)
-    cols = ["model", "T", "batch", "layers", "ann+snn s", "ftbc s/batch", "ftbc / (ann+snn)", "reference s/batch",
-            "reference / ftbc", "verify max abs Δb", "verify acc ours", "verify acc ref"]
+    cols = ["model", "T", "mode", "batch", "layers", "ann+snn s", "ftbc s/batch", "ftbc / (ann+snn)"]
+    if args.mode == "alpha":
+        cols += ["reference s/batch", "reference / ftbc", "verify max abs Δb", "verify acc ours", "verify acc ref"]
     print(f"\n{args.threads} thread(s), median of {args.repeats} (reference: {args.reference_repeats}):")
     print(fmt_table(rows, cols))
-    failed = [r for r in rows if not r["verification"]["biases_match"]]
+    failed = [r for r in rows if "verification" in r and not r["verification"]["biases_match"]]
     if failed:
         print(f"WARNING: the two schedules disagree beyond atol={args.atol} for "
               + ", ".join(f"{r['model']} T={r['T']}" for r in failed))
     figures = {"rows": rows, "options": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
-    tag = "-".join(s.label for s in model_specs(args))
+    tag = "-".join(s.label for s in model_specs(args)) + ("" if args.mode == "alpha" else f"-{args.mode}")
     path = write_result(f"{NAME}-{tag}", figures, args.out)
     print(f"wrote {path}")
     return figures

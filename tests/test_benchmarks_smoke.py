@@ -84,6 +84,15 @@ def test_calibration_cost_smoke(tmp_path):
     assert row["ftbc s/batch"] > 0 and row["reference s/batch"] > 0
 
 
+def test_calibration_cost_of_the_default_method_has_no_reference_columns(tmp_path):
+    out = tmp_path / "cc.json"
+    calibration_cost.main([
+        "--random-arch", "cnn", "--timesteps", "2", "--batch-size", "8", "--batches", "1", "--calib-images", "16",
+        "--images", "16", "--mode", "carry", "--alpha", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    (row,) = _written(out, "calibration_cost")["rows"]
+    assert row["mode"] == "carry" and row["ftbc s/batch"] > 0 and "reference s/batch" not in row
+
+
 def test_reference_schedule_reaches_the_same_biases():
     """The O(L^2 T) re-run schedule and our one-pass fit are the same algorithm: identical biases."""
     from ftbc_core.calibration import fit_biases

@@ -168,18 +168,29 @@ class FtbcRootRule:
         self.evals = int(evals)
         self.window_evals = int(window_evals)
         self.first_evals = int(first_evals)
+        self._flat: torch.Tensor | None = None  # v + z as [C, N], and a scratch of that shape (_error_fn)
+        self._scratch: torch.Tensor | None = None
 
-    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, out: torch.Tensor, target: torch.Tensor):
-        """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``; ``out``
-        is the scratch buffer (the same float operations as the deployed step, so ties fire exactly as there)."""
-        theta_v = channel_view(theta, vz.dim())
-        dims = [0, *range(2, vz.dim())]
-        n = dist.all_reduce_count(vz.numel() // vz.shape[1])  # under torchrun: every process's neurons
+    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, target: torch.Tensor):
+        """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``: the
+        same float operations as the deployed step, so ties fire exactly as there.
+
+        ``v + z`` is copied once per step into a ``[C, N]`` buffer (channels as rows): each evaluation then
+        reduces along contiguous rows, 3-6x faster on a CPU than reducing a ``[B, C, H, W]`` tensor over
+        (0, 2, 3), with the same values (sums of 0/1 are exact below 2**24 in any order)."""
+        c = vz.shape[1]
+        if self._flat is None or self._flat.shape != (c, vz.numel() // c) or self._flat.device != vz.device:
+            self._flat = torch.empty((c, vz.numel() // c), dtype=vz.dtype, device=vz.device)
+            self._scratch = torch.empty_like(self._flat)
+        flat, scratch = self._flat, self._scratch
+        flat.view(c, vz.shape[0], *vz.shape[2:]).copy_(vz.movedim(1, 0))
+        theta_col = theta.view(-1, 1)
+        n = dist.all_reduce_count(flat.shape[1])  # under torchrun: every process's neurons
 
         def error(b: torch.Tensor) -> torch.Tensor:
-            torch.sub(vz, channel_view(b, vz.dim()), out=out)
-            torch.ge(out, theta_v, out=out)
-            mean = dist.all_reduce_sum(out.sum(dims)).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24
+            torch.sub(flat, b.view(-1, 1), out=scratch)
+            torch.ge(scratch, theta_col, out=scratch)
+            mean = dist.all_reduce_sum(scratch.sum(1)).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24
             return (mean.mean().view(1) if self.layerwise else mean) - target
 
         return error
@@ -235,7 +246,7 @@ class FtbcRootRule:
     def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
         target = self.target + self._deficit if self.carry else self.target
-        error = self._error_fn(vz, neuron.theta, out, target)
+        error = self._error_fn(vz, neuron.theta, target)
         b0 = neuron.bias[t].clone()
         root, g = self._search(error, b0, None, self.first_evals if self.weight >= 1.0 else self.evals)
         mean = torch.lerp(b0, root, self.weight)
