@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--cutout", type=int, default=0,
+                   help="Cutout augmentation: side in pixels of the square painted with the mean pixel (0 = off; the "
+                        "public QCFS code uses 16 on CIFAR)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-fast", action="store_true",
@@ -157,7 +160,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         arch=args.arch, dataset=args.dataset, out=args.out, data_dir=args.data_dir, activation=args.activation,
         levels=args.levels, init_threshold=args.init_threshold, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=_device(args.device),
+        lr=args.lr, weight_decay=args.weight_decay, cutout=args.cutout, seed=args.seed,
+        device=_device(args.device),
         fast=not args.no_fast,
         compile=args.compile, notes=args.notes, limit=args.limit, half=args.half, init_from=args.init_from,
         command="ftbc " + shlex.join(args.argv),

@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
+    cutout: int = 0
     warmup_epochs: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -72,8 +73,13 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and optional horizontal flip of a whole batch.
+def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, cutout: int = 0,
+                  fill: tuple[int, ...] = (0,)) -> torch.Tensor:
+    """Random crop with zero padding, optional horizontal flip and optional Cutout of a whole batch.
+
+    Cutout (DeVries & Taylor 2017, as in the public QCFS training code) paints one ``cutout`` x ``cutout`` square
+    per image, centred anywhere in the image and clipped at its borders, with ``fill`` (per channel; the dataset's
+    mean pixel is what a cut-out after normalisation gives).
 
     Args:
         x: uint8 ``[B, C, H, W]``.
@@ -91,6 +97,14 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
     if flip:
         mask = torch.rand(b, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if cutout > 0:
+        cy = torch.randint(0, h, (b,), generator=gen)
+        cx = torch.randint(0, w, (b,), generator=gen)
+        half = cutout // 2
+        in_rows = (torch.arange(h) >= (cy - half)[:, None]) & (torch.arange(h) < (cy - half + cutout)[:, None])
+        in_cols = (torch.arange(w) >= (cx - half)[:, None]) & (torch.arange(w) < (cx - half + cutout)[:, None])
+        hole = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
+        x = torch.where(hole, torch.tensor(fill, dtype=x.dtype).view(1, -1, 1, 1), x)
     return x.contiguous()
 
 
@@ -152,6 +166,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     check_input_shape(cfg.arch, info.image_shape)
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if not 0 <= cfg.cutout <= min(info.image_shape[:2]):
+        raise ValueError(f"cutout must be 0 (off) to {min(info.image_shape[:2])} pixels, got {cfg.cutout}")
     device = check_device(cfg.device)
     train_set = load_split(cfg.dataset, "train", cfg.data_dir)
     test_set = load_split(cfg.dataset, "test", cfg.data_dir)
@@ -188,6 +204,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
 
     x_train, y_train = _as_nchw(train_set), torch.from_numpy(train_set.y)
     pad, flip = (4, True) if cfg.dataset == "cifar10" else (2, False)
+    fill = tuple(round(255 * m) for m in info.mean)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
@@ -199,7 +216,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                    leave=False, mininterval=2.0)
         for i in bar:
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = augment_batch(x_train[idx], pad, flip, gen).to(device).float().div_(255)
+            x = augment_batch(x_train[idx], pad, flip, gen, cfg.cutout, fill).to(device).float().div_(255)
             y = y_train[idx].to(device)
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -242,7 +259,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         epochs=cfg.epochs, seed=cfg.seed, command=cfg.command, ann_test_accuracy=round(accuracy, 2),
         date=_dt.date.today().isoformat(), notes=cfg.notes,
         extra={"test_images": len(test_set), "train_images": len(train_set), "batch_size": cfg.batch_size,
-               "lr": cfg.lr, "init_threshold": cfg.init_threshold, "weight_decay": cfg.weight_decay,
+               "lr": cfg.lr, "cutout": cfg.cutout, "init_threshold": cfg.init_threshold,
+               "weight_decay": cfg.weight_decay,
                "fast_path": fast, "device": str(device),
                "bf16_autocast": autocast, "compile": cfg.compile,
                "stored_as": "float16" if cfg.half else "float32",
