@@ -256,6 +256,8 @@ class FtbcRootRule:
             g = error(mean)
         if self.carry:  # what this step leaves unmatched is asked of the next one
             self._deficit = -g
+        if t == neuron.bias.shape[0] - 1:  # the layer's last step: its buffers go (one layer's at a time)
+            self._flat = self._scratch = None
         neuron.bias[t] = mean
         theta = channel_view(neuron.theta, v.dim())
         u = vz.sub_(channel_view(neuron.bias[t], v.dim()))  # the step with the new bias
