@@ -334,8 +334,8 @@ def test_shared_relu_resnet_snn_agrees_with_its_limit_ann_at_large_t():
     from ftbc_core.data import to_tensor
 
     # The ReLU-trained weights: QCFS weights under plain ReLU classify at chance (11 % on these images), and a net
-    # with near-tied logits says little about convergence. Measured 2026-12-06: agreement 0.93 / 0.985 / 0.99 at
-    # 64 / 256 / 512 steps (0.96 at 128); the limit ANN is right on 84.5 % of the images.
+    # with near-tied logits says little about convergence. Measured 2026-12-06: agreement 0.93 / 0.96 / 0.985 / 0.99
+    # at 64 / 128 / 256 / 512 steps; the limit ANN is right on 84.5 % of the images.
     ann, _ = load_checkpoint("pretrained/resnet20-cifar10-relu.safetensors")
     shared = _shared_relu_resnet20(ann)
     calib = to_tensor(load_sample("cifar10", "calib").x[:256])
