@@ -251,3 +251,24 @@ def test_default_is_stable_on_the_shipped_mnist_cnn():
             accuracies.append(float(acc[0]))
             assert report.bias_change[-1] < report.bias_change[0] / 3
     assert min(accuracies) >= 95.0 and max(accuracies) - min(accuracies) <= 3.0, accuracies
+
+
+@pytest.mark.parametrize("method", ["ftbc", "ftbc-root"])
+def test_root_search_gives_the_same_biases_in_numpy_and_torch(method, tiny_cnn, mnist_like, point_mass,
+                                                               monkeypatch):
+    # The CPU runs the search's bookkeeping in numpy, a GPU in torch (search_namespace): both must fit the same
+    # biases bit for bit, so a CUDA calibration agrees with the CPU's. Here the torch path runs on the CPU.
+    from ftbc_core.calibration import ftbc as ftbc_module
+
+    cases = [(tiny_cnn, to_snn(tiny_cnn), mnist_like, 5, {"alpha": 0.3, "batches": 3, "batch_size": 8}),
+             (point_mass[0], point_mass[1], point_mass[2], 4, {"alpha": 0.5, "batches": 6, "batch_size": 64})]
+    for ann, snn, x, steps, opts in cases:
+        assert ftbc_module.search_namespace(torch.device("cpu")) is np
+        fitted = get_method(method).calibrate(snn, ann, x, steps, opts)
+        with monkeypatch.context() as patch:
+            patch.setattr(ftbc_module, "search_namespace", lambda device: torch)
+            in_torch = get_method(method).calibrate(snn, ann, x, steps, opts)
+        assert fitted[1].bias_change == in_torch[1].bias_change
+        assert max(float(n.bias.abs().max()) for n in fitted[0].neurons) > 0  # something was fitted
+        for a, b in zip(fitted[0].neurons, in_torch[0].neurons):
+            assert torch.equal(a.bias, b.bias), (method, a.name)

@@ -138,6 +138,13 @@ class FtbcRule:
         return u.sub_(out)
 
 
+def search_namespace(device: torch.device):
+    """The array library of :meth:`FtbcRootRule._search`'s bookkeeping on ``device``: numpy on the CPU (each of
+    its operations on ``[C]`` vectors costs a fraction of a torch call's overhead), torch elsewhere (no copy off
+    the device per evaluation). Both give the same float32 results."""
+    return np if device.type == "cpu" else torch
+
+
 class FtbcRootRule:
     """Step rule of ``ftbc`` and ``ftbc-root``: this batch's root by a short search, averaged over batches, then
     the best point of this batch next to the average (see the module docstring).
@@ -171,9 +178,10 @@ class FtbcRootRule:
         self._flat: torch.Tensor | None = None  # v + z as [C, N], and a scratch of that shape (_error_fn)
         self._scratch: torch.Tensor | None = None
 
-    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, target: torch.Tensor):
+    def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, target: torch.Tensor, xp):
         """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``: the
-        same float operations as the deployed step, so ties fire exactly as there.
+        same float operations as the deployed step, so ties fire exactly as there. ``b`` and ``g`` are arrays of
+        ``xp`` (numpy on the CPU, torch elsewhere: see :meth:`_search`).
 
         ``v + z`` is copied once per step into a ``[C, N]`` buffer (channels as rows): each evaluation then
         reduces along contiguous rows, 3-6x faster on a CPU than reducing a ``[B, C, H, W]`` tensor over
@@ -187,16 +195,16 @@ class FtbcRootRule:
         theta_col = theta.view(-1, 1)
         n = dist.all_reduce_count(flat.shape[1])  # under torchrun: every process's neurons
 
-        def error(b: torch.Tensor) -> torch.Tensor:
-            torch.sub(flat, b.view(-1, 1), out=scratch)
+        def error(b):
+            torch.sub(flat, (torch.from_numpy(b) if xp is np else b).view(-1, 1), out=scratch)
             torch.ge(scratch, theta_col, out=scratch)
             mean = dist.all_reduce_sum(scratch.sum(1)).div_(n).mul_(theta)  # sums of 0/1: exact below 2**24
-            return (mean.mean().view(1) if self.layerwise else mean) - target
+            g = (mean.mean().view(1) if self.layerwise else mean) - target
+            return g.numpy() if xp is np else g
 
         return error
 
-    def _search(self, error, start: torch.Tensor, radius: torch.Tensor | None,
-                evals: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search(self, xp, error, start, radius, evals: int):
         """The bias of smallest ``|g|`` among ``evals`` evaluations from ``start`` (within ``radius`` of it), and
         its ``g``.
 
@@ -205,57 +213,67 @@ class FtbcRootRule:
         at most ``GROWTH`` times the previous step. Where ``g`` is exactly 0 nothing moves. Only evaluated points
         are returned, so at a point mass the result fires all tied neurons or none, whichever is closer to the
         target on this batch.
+
+        The bookkeeping is about 25 operations on ``[C]`` vectors per evaluation, in ``xp``
+        (:func:`search_namespace`).
         """
         g = error(start)
         best, best_g = start, g
-        inf = torch.full_like(start, float("inf"))
-        zero = torch.zeros_like(g)
-        lo, g_lo = torch.where(g > 0, start, -inf), torch.where(g > 0, g, zero)  # g > 0 below the root
-        hi, g_hi = torch.where(g < 0, start, inf), torch.where(g < 0, g, zero)
+        inf = xp.full_like(start, float("inf"))
+        zero = xp.zeros_like(g)
+        lo, g_lo = xp.where(g > 0, start, -inf), xp.where(g > 0, g, zero)  # g > 0 below the root
+        hi, g_hi = xp.where(g < 0, start, inf), xp.where(g < 0, g, zero)
         b, kept = start, zero  # kept: +1 / -1 if the last evaluation replaced lo / hi (Illinois)
+        one = xp.ones_like(g)
         b_prev = g_prev = None
         lower, upper = (start - radius, start + radius) if radius is not None else (None, None)
         for i in range(1, evals):
-            bracketed = torch.isfinite(lo) & torch.isfinite(hi)
+            bracketed = xp.isfinite(lo) & xp.isfinite(hi)
             if i == 1:
                 cand = start + self.alpha * g
             else:
-                falsi = lo + (hi - lo) * (g_lo / (g_lo - g_hi))
-                falsi = torch.where(torch.isfinite(falsi), falsi, 0.5 * (lo + hi))
-                # not bracketed yet: the secant step towards the root, at most GROWTH times the last step
-                last = (b - b_prev).abs()
-                slope = (g - g_prev) / (b - b_prev)
-                newton = torch.where(slope < 0, -g / slope, torch.full_like(g, float("inf"))).abs()
-                step = torch.minimum(newton, self.GROWTH * last)
-                cand = torch.where(bracketed, falsi, b + torch.sign(g) * step)
+                with np.errstate(divide="ignore", invalid="ignore"):  # inf / nan handled below, as in torch
+                    falsi = lo + (hi - lo) * (g_lo / (g_lo - g_hi))
+                    falsi = xp.where(xp.isfinite(falsi), falsi, 0.5 * (lo + hi))
+                    # not bracketed yet: the secant step towards the root, at most GROWTH times the last step
+                    last = xp.abs(b - b_prev)
+                    slope = (g - g_prev) / (b - b_prev)
+                    newton = xp.abs(xp.where(slope < 0, -g / slope, inf))
+                step = xp.minimum(newton, self.GROWTH * last)
+                cand = xp.where(bracketed, falsi, b + xp.sign(g) * step)
             if lower is not None:
-                cand = torch.minimum(torch.maximum(cand, lower), upper)
-            cand = torch.where(best_g == 0, best, cand)  # exact already: stay (no change without an error)
+                cand = xp.minimum(xp.maximum(cand, lower), upper)
+            cand = xp.where(best_g == 0, best, cand)  # exact already: stay (no change without an error)
             gc = error(cand)
-            better = gc.abs() < best_g.abs()
-            best, best_g = torch.where(better, cand, best), torch.where(better, gc, best_g)
+            better = xp.abs(gc) < xp.abs(best_g)
+            best, best_g = xp.where(better, cand, best), xp.where(better, gc, best_g)
             pos, neg = gc > 0, gc < 0
-            g_lo_new = torch.where(pos, gc, torch.where(neg & (kept < 0) & bracketed, 0.5 * g_lo, g_lo))
-            g_hi_new = torch.where(neg, gc, torch.where(pos & (kept > 0) & bracketed, 0.5 * g_hi, g_hi))
-            lo, hi = torch.where(pos, cand, lo), torch.where(neg, cand, hi)
+            g_lo_new = xp.where(pos, gc, xp.where(neg & (kept < 0) & bracketed, 0.5 * g_lo, g_lo))
+            g_hi_new = xp.where(neg, gc, xp.where(pos & (kept > 0) & bracketed, 0.5 * g_hi, g_hi))
+            lo, hi = xp.where(pos, cand, lo), xp.where(neg, cand, hi)
             g_lo, g_hi = g_lo_new, g_hi_new
-            kept = torch.where(pos, 1.0, torch.where(neg, -1.0, kept))
+            kept = xp.where(pos, one, xp.where(neg, -one, kept))
             b_prev, g_prev, b, g = b, g, cand, gc
         return best, best_g
 
     def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
         target = self.target + self._deficit if self.carry else self.target
-        error = self._error_fn(vz, neuron.theta, target)
+        xp = search_namespace(vz.device)
+        as_xp = (lambda x: x.numpy()) if xp is np else (lambda x: x)  # noqa: E731  (a view: x is not changed)
+        as_torch = torch.from_numpy if xp is np else (lambda x: x)
+        error = self._error_fn(vz, neuron.theta, target, xp)
         b0 = neuron.bias[t].clone()
-        root, g = self._search(error, b0, None, self.first_evals if self.weight >= 1.0 else self.evals)
-        mean = torch.lerp(b0, root, self.weight)
+        root, g = self._search(xp, error, as_xp(b0), None, self.first_evals if self.weight >= 1.0 else self.evals)
+        mean = torch.lerp(b0, as_torch(root), self.weight)
         if self.weight < 1.0 and self.window_evals > 1:
-            mean, g = self._search(error, mean, (mean - b0).abs(), self.window_evals)
+            m = as_xp(mean)
+            m, g = self._search(xp, error, m, xp.abs(m - as_xp(b0)), self.window_evals)
+            mean = as_torch(m)
         elif self.weight < 1.0 and self.carry:
-            g = error(mean)
+            g = error(as_xp(mean))
         if self.carry:  # what this step leaves unmatched is asked of the next one
-            self._deficit = -g
+            self._deficit = -as_torch(g)
         if t == neuron.bias.shape[0] - 1:  # the layer's last step: its buffers go (one layer's at a time)
             self._flat = self._scratch = None
         neuron.bias[t] = mean
