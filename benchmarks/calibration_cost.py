@@ -5,7 +5,9 @@
 
 For each model and T:
 1. ``ftbc_core.calibration.fit_biases(batches=N)`` time / N (one calibration batch), divided by the time of one
-   ANN forward plus one ``snn.simulate(x, T)`` on a batch of the same size. Target: <= 1.5.
+   ANN forward plus one ``snn.simulate(x, T)`` on a batch of the same size, timed round-robin with the fit.
+   Target: <= 1.5. For ``--mode carry`` / ``root`` (the root search of ``ftbc`` / ``ftbc-root``) also the same
+   fit with the search's bookkeeping in torch, a GPU's path and the CPU's before it moved to numpy.
 2. The public reference code's schedule, implemented here with our modules (:func:`reference_fit_biases`):
    for each spiking layer l in forward order, re-run the ANN for the targets and the SNN from the input up to and
    including layer l (already-calibrated layers keep their biases), fitting layer l's biases step by step. That is
@@ -25,14 +27,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_data_args, add_model_args, fmt_table, load_ann, load_calib, load_eval,  # noqa: E402
-                    model_specs, set_threads, time_call, write_result)
+                    model_specs, set_threads, time_call, time_interleaved, write_result)
 
 from ftbc_core.calibration import ann_channel_means, fit_biases  # noqa: E402
 from ftbc_core.calibration.base import copy_snn  # noqa: E402
+from ftbc_core.calibration import ftbc as ftbc_module  # noqa: E402
 from ftbc_core.calibration.ftbc import MODES, FtbcRule  # noqa: E402
 from ftbc_core.snn import SpikingNetwork, check_timesteps, to_snn  # noqa: E402
 
 NAME = "calibration_cost"
+ROOT_MODES = ("carry", "root")  # the modes with the root search (ftbc, ftbc-root)
 
 
 class _StopForward(Exception):
@@ -133,8 +137,20 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
             reference_fit_biases(snn, ann, calib, t, alpha=args.alpha, batches=args.reference_batches,
                                  batch_size=args.batch_size)
 
-        t_pair, _ = time_call(forward_pair, repeats=args.repeats, warmup=args.warmup)
-        t_ours, _ = time_call(ours_fit, repeats=args.repeats, warmup=min(args.warmup, 1))
+        def torch_search_fit() -> None:  # the root search's bookkeeping in torch (a GPU's path) on the CPU
+            original = ftbc_module.search_namespace
+            ftbc_module.search_namespace = lambda device: torch
+            try:
+                ours_fit()
+            finally:
+                ftbc_module.search_namespace = original
+
+        # round-robin, so that the shared machine's drift hits the forward and the fits alike
+        fns = {"pair": forward_pair, "ours": ours_fit}
+        if args.mode in ROOT_MODES:
+            fns["torch_search"] = torch_search_fit
+        times, _ = time_interleaved(fns, repeats=args.repeats, warmup=min(args.warmup, 1))
+        t_pair, t_ours = times["pair"], times["ours"]
         per_ours = t_ours.median / args.batches
         row = {"model": spec.label, "T": t, "mode": args.mode, "batch": int(batch.shape[0]),
                "layers": len(snn.layer_names), "ann+snn s": t_pair.median, "ftbc s/batch": per_ours,
@@ -142,6 +158,12 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
                "timings": {"ann_plus_snn": t_pair.to_dict(), "ftbc_fit": t_ours.to_dict()}}
         line = (f"{spec.label} T={t} mode {args.mode}: FTBC {per_ours:.3f} s/batch = {row['ftbc / (ann+snn)']:.2f} x "
                 f"(ANN + SNN forward {t_pair.median:.3f} s; target <= 1.5)")
+        if "torch_search" in times:
+            per_torch = times["torch_search"].median / args.batches
+            row.update({"torch-search s/batch": per_torch, "torch-search / ours": per_torch / per_ours})
+            row["timings"]["torch_search_fit"] = times["torch_search"].to_dict()
+            line += (f"; with the search's bookkeeping in torch (before, and a GPU's path) {per_torch:.3f} s/batch "
+                     f"= {per_torch / per_ours:.2f} x ours")
         if reference:
             start = time.perf_counter()
             t_ref, _ = time_call(reference_fit, repeats=args.reference_repeats, warmup=0)
@@ -192,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{spec.label}: calibration from {calib_desc}; equality check on {eval_desc}", flush=True)
         rows += measure_model(spec, args, calib, x_eval, y_eval)
     cols = ["model", "T", "mode", "batch", "layers", "ann+snn s", "ftbc s/batch", "ftbc / (ann+snn)"]
+    if args.mode in ROOT_MODES:
+        cols += ["torch-search s/batch", "torch-search / ours"]
     if args.mode == "alpha":
         cols += ["reference s/batch", "reference / ftbc", "verify max abs Δb", "verify acc ours", "verify acc ref"]
     print(f"\n{args.threads} thread(s), median of {args.repeats} (reference: {args.reference_repeats}):")
