@@ -139,7 +139,7 @@ def measure_model(spec, args, calib, x_eval, y_eval) -> list[dict]:
 
         def torch_search_fit() -> None:  # the root search's bookkeeping in torch (a GPU's path) on the CPU
             original = ftbc_module.search_namespace
-            ftbc_module.search_namespace = lambda device: torch
+            ftbc_module.search_namespace = lambda like: torch
             try:
                 ours_fit()
             finally:

@@ -263,12 +263,32 @@ def test_root_search_gives_the_same_biases_in_numpy_and_torch(method, tiny_cnn, 
     cases = [(tiny_cnn, to_snn(tiny_cnn), mnist_like, 5, {"alpha": 0.3, "batches": 3, "batch_size": 8}),
              (point_mass[0], point_mass[1], point_mass[2], 4, {"alpha": 0.5, "batches": 6, "batch_size": 64})]
     for ann, snn, x, steps, opts in cases:
-        assert ftbc_module.search_namespace(torch.device("cpu")) is np
+        assert ftbc_module.search_namespace(x) is np
         fitted = get_method(method).calibrate(snn, ann, x, steps, opts)
         with monkeypatch.context() as patch:
-            patch.setattr(ftbc_module, "search_namespace", lambda device: torch)
+            patch.setattr(ftbc_module, "search_namespace", lambda like: torch)
             in_torch = get_method(method).calibrate(snn, ann, x, steps, opts)
         assert fitted[1].bias_change == in_torch[1].bias_change
         assert max(float(n.bias.abs().max()) for n in fitted[0].neurons) > 0  # something was fitted
         for a, b in zip(fitted[0].neurons, in_torch[0].neurons):
             assert torch.equal(a.bias, b.bias), (method, a.name)
+
+
+def test_root_rule_fits_with_grad_enabled_and_picks_torch_where_numpy_cannot():
+    # A user's own loop may call the rule with parameters that require grad: the fit runs without autograd
+    # (numpy takes no tensor that requires grad). bfloat16 has no numpy dtype: its bookkeeping stays in torch.
+    from ftbc_core.calibration import ftbc as ftbc_module
+
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(1, 4, 3), QCFS(4, 1.0), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    snn = to_snn(ann)
+    for p in snn.parameters():
+        p.requires_grad_(True)
+    neuron = snn.neurons[0]
+    neuron.set_bias(torch.zeros(3, 4))
+    x = torch.rand(8, 1, 8, 8)
+    target = torch.tensor([0.2, 0.3, 0.4, 0.5])
+    snn.simulate(x, 3, rules={neuron: ftbc_module.FtbcRootRule(target, 0.5, carry=True)})
+    assert neuron.bias.abs().max() > 0 and not neuron.bias.requires_grad
+    assert ftbc_module.search_namespace(torch.zeros(2, dtype=torch.bfloat16)) is torch
+    assert ftbc_module.search_namespace(torch.zeros(2, dtype=torch.float64)) is np

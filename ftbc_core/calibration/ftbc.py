@@ -138,11 +138,12 @@ class FtbcRule:
         return u.sub_(out)
 
 
-def search_namespace(device: torch.device):
-    """The array library of :meth:`FtbcRootRule._search`'s bookkeeping on ``device``: numpy on the CPU (each of
-    its operations on ``[C]`` vectors costs a fraction of a torch call's overhead), torch elsewhere (no copy off
-    the device per evaluation). Both give the same float32 results."""
-    return np if device.type == "cpu" else torch
+def search_namespace(like: torch.Tensor):
+    """The array library of :meth:`FtbcRootRule._search`'s bookkeeping for tensors like ``like``: numpy for
+    float32 / float64 on the CPU (each of its operations on ``[C]`` vectors costs a fraction of a torch call's
+    overhead), torch elsewhere (no copy off a GPU per evaluation; dtypes numpy lacks, e.g. bfloat16). Both give
+    the same results: the same operations in the same dtype."""
+    return np if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64) else torch
 
 
 class FtbcRootRule:
@@ -256,10 +257,11 @@ class FtbcRootRule:
             b_prev, g_prev, b, g = b, g, cand, gc
         return best, best_g
 
+    @torch.no_grad()  # a fit, not a differentiable step (and numpy takes no tensor that requires grad)
     def __call__(self, neuron: IFNeuron, t: int, v: torch.Tensor, z_t: torch.Tensor, out: torch.Tensor):
         vz = v.add_(z_t)  # the rule owns v; ``out`` is scratch until it receives the step's spikes
         target = self.target + self._deficit if self.carry else self.target
-        xp = search_namespace(vz.device)
+        xp = search_namespace(vz)
         as_xp = (lambda x: x.numpy()) if xp is np else (lambda x: x)  # noqa: E731  (a view: x is not changed)
         as_torch = torch.from_numpy if xp is np else (lambda x: x)
         error = self._error_fn(vz, neuron.theta, target, xp)
