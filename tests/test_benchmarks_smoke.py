@@ -261,3 +261,19 @@ def test_residual_error_smoke(tmp_path, capsys):
     assert len(figures["methods"]["ftbc"]["layers"]) == 4
     assert _written(out, "residual_error")["timesteps"] == 3
     assert "mean over layers" in capsys.readouterr().out
+
+
+def test_dashboard_run_ab_smoke(tmp_path, capsys):
+    """One fresh start of this checkout through the interleaved A/B script; a folder that is no checkout is refused."""
+    import dashboard_latency
+    import dashboard_run_ab
+
+    with pytest.raises(SystemExit, match="not a checkout"):
+        dashboard_run_ab.main([str(tmp_path)])
+    if not (dashboard_latency.CHROMIUM.exists() and dashboard_latency.CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's Chromium and chromedriver (make browser-deps)")
+    root = BENCHMARKS.parent
+    results = dashboard_run_ab.main(["--rounds", "1", str(root)])
+    (row,) = results[str(root)]
+    assert 0 < row["experiment_s"] < row["run_s"] and row["browser_cpu_s"] > 0 and row["server_cpu_s"] > 0
+    assert "medians over 1 fresh starts" in capsys.readouterr().out
