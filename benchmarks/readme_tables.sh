@@ -36,8 +36,9 @@ run variants-resnet20 --model resnet20-cifar10 --timesteps 1,2,4,8 \
 run resnet20 --model resnet20-cifar10 --timesteps 1,2,4,8,16 --methods none,ftbc,cos --select auto --seeds 3
 # the per-step target (the previous default) on the same protocol, beside the table above
 run resnet20-root --model resnet20-cifar10 --timesteps 1,2,4,8,16 --methods ftbc-root --select auto --seeds 3
-# plain ReLU ResNet-20 (θ = 99.9th percentile of the calibration draw: every method repeats per draw)
+# plain ReLU ResNet-20 on the full test set (θ = 99.9th percentile of the calibration draw: every method repeats
+# per draw)
 run resnet20-relu --model resnet20-cifar10-relu --timesteps 1,2,4,8,16,32 --methods none,ftbc,cos \
-    --select auto --seeds 3 --limit 2000
+    --select auto --seeds 3
 # VGG-16 (9 ms per image-step here): 1,000 test images, registry defaults, 3 draws
 run vgg16 --model vgg16-cifar10 --timesteps 1,2,4,8,16 --methods none,ftbc,cos --seeds 3 --limit 1000

@@ -182,7 +182,7 @@ class FtbcRootRule:
     def _error_fn(self, vz: torch.Tensor, theta: torch.Tensor, target: torch.Tensor, xp):
         """``g(b) = E(b) - A`` on this batch, with ``E(b)`` the channel means of ``θ·H((v + z) - b - θ)``: the
         same float operations as the deployed step, so ties fire exactly as there. ``b`` and ``g`` are arrays of
-        ``xp`` (numpy on the CPU, torch elsewhere: see :meth:`_search`).
+        ``xp`` (:func:`search_namespace`).
 
         ``v + z`` is copied once per step into a ``[C, N]`` buffer (channels as rows): each evaluation then
         reduces along contiguous rows, 3-6x faster on a CPU than reducing a ``[B, C, H, W]`` tensor over
