@@ -6,8 +6,8 @@
 #
 # NAME picks tables (default: all): resnet20 resnet20-root variants-resnet20 variants-cnn-mnist resnet20-relu vgg16
 # cnn-mnist.
-# Times on a 2-core CPU (2026-12-04, 2 threads): resnet20 14 min, resnet20-relu 16 min, vgg16 6 min, the others
-# a few minutes each (resnet20-root: 11 min on 2026-12-05). Each command can also be run on its own (copy it from below).
+# Times on a 2-core CPU (2026-12-04, 2 threads): resnet20 14 min, vgg16 6 min, the others
+# a few minutes each (resnet20-root: 11 min on 2026-12-05; resnet20-relu on the full test set: 45 min on 2026-12-06). Each command can also be run on its own (copy it from below).
 set -euo pipefail
 DATA=${1:?usage: readme_tables.sh DATA [NAME...]}
 shift || true
