@@ -220,6 +220,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(port: int, log: Path, env: dict[str, str], server_log: Path, root: Path = ROOT) -> subprocess.Popen:
+    """The server child (:func:`_serve`) of the checkout ``root`` (default: this one) on ``port``; it appends the
+    duration of every experiment it computes to ``log``, its output to ``server_log``."""
+    with open(server_log, "ab") as out:
+        return subprocess.Popen([sys.executable, str(root / "benchmarks" / "dashboard_latency.py"), "--_serve",
+                                 str(port), "--_log", str(log)], cwd=root, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate a server process (killed if it has not exited after 20 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
     """Wait for a `streamlit run` server's health endpoint; fail fast if the process exits."""
     deadline = time.monotonic() + timeout
@@ -415,6 +434,26 @@ COMPARE = ("Compare runs", "Compare runs", "compare (3 runs): x axis",
            lambda i: _radio_choice("x axis", ["time steps T", "latency ρ + T"], i))  # the preset chose latency
 
 
+def wait_first_page(drv, timeout: float) -> dict:
+    """Wait for the app's first page (Accuracy vs time step, with the Run button) to be drawn."""
+    return _wait(drv, lambda s: _idle(s) and _shows(s, "Accuracy vs time step") and s["run_button"], timeout,
+                 "first page")
+
+
+def press_run(drv, timeout: float, seen: dict[str, float] | None = None) -> tuple[dict, float]:
+    """Press Run and wait for the accuracy page to be drawn: ``(status, time.monotonic() at the click)``;
+    ``seen`` gets when the progress bar showed and went and when the chart was drawn."""
+    seen = {} if seen is None else seen
+    _click_text(drv, '[data-testid="stSidebar"] button', "Run", timeout)
+    clicked = time.monotonic()
+    drawn = lambda s: any("accuracy vs time steps" in t for t in s["titles"])  # noqa: E731
+    status = _wait(drv, lambda s: _idle(s) and s["frames"] >= 1 and s["metrics"] >= 2 and drawn(s), timeout,
+                   "first run", {"progress_shown": lambda s: s["progress"] > 0,
+                                 "progress_gone": lambda s: "progress_shown" in seen and not s["progress"],
+                                 "chart_drawn": drawn}, seen)
+    return status, clicked
+
+
 def switch_to(drv, link: str, title: str, timeout: float) -> float:
     """Click a page's link in the sidebar; seconds until that page is fully rendered."""
     start = time.monotonic()
@@ -465,26 +504,17 @@ def browser_start(env: dict[str, str], query: dict[str, str], work: Path, args: 
     drv = chromium_driver(work / f"chromium-{index}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(work / f"server-{index}.log", "wb") as server_log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_serve", str(port),
-                                 "--_log", str(log)], cwd=ROOT, env=env, stdout=server_log,
-                                stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    proc = start_server(port, log, env, work / f"server-{index}.log")
     try:
         wait_healthy(url, proc, args.timeout)
         out: dict[str, Any] = {"server_ready_s": time.monotonic() - t0}
         drv.get(url + ("?" + urllib.parse.urlencode(query) if query else ""))
-        _wait(drv, lambda s: _idle(s) and _shows(s, "Accuracy vs time step") and s["run_button"], args.timeout,
-              "first page")
+        wait_first_page(drv, args.timeout)
         out["page_loaded_s"] = time.monotonic() - t0
         cpu = {"server": _cpu_seconds(proc.pid), "browser": _tree_cpu_seconds(drv.service.process.pid)}
-        _click_text(drv, '[data-testid="stSidebar"] button', "Run", args.timeout)
-        clicked, seen = time.monotonic(), {}
-        drawn = lambda s: any("accuracy vs time steps" in t for t in s["titles"])  # noqa: E731
-        status = _wait(drv, lambda s: _idle(s) and s["frames"] >= 1 and s["metrics"] >= 2 and drawn(s), args.timeout,
-                       "first run", {"progress_shown": lambda s: s["progress"] > 0,
-                                     "progress_gone": lambda s: "progress_shown" in seen and not s["progress"],
-                                     "chart_drawn": drawn}, seen)
+        seen: dict[str, float] = {}
+        status, clicked = press_run(drv, args.timeout, seen)
         out["rendered_s"] = time.monotonic() - t0
         out["run_s"] = time.monotonic() - clicked
         out["run_clicked_s"] = clicked - t0
@@ -517,12 +547,7 @@ def browser_start(env: dict[str, str], query: dict[str, str], work: Path, args: 
         return out
     finally:
         drv.quit()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def rerenders(drv, pid: int, log: Path, scenario: tuple, args: argparse.Namespace) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,35 +28,22 @@ def one_start(tree: Path, work: Path, threads: int, timeout: float) -> dict[str,
     drv = lat.chromium_driver(work / f"chromium-{time.monotonic_ns()}")
     port = lat.free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(tree))
-    with open(work / "server.log", "ab") as server_log:
-        proc = subprocess.Popen([sys.executable, str(tree / "benchmarks" / "dashboard_latency.py"), "--_serve",
-                                 str(port), "--_log", str(log)], cwd=tree, env=env, stdout=server_log,
-                                stderr=subprocess.STDOUT)
+    proc = lat.start_server(port, log, env, work / "server.log", root=tree)
     try:
         url = f"http://127.0.0.1:{port}"
         lat.wait_healthy(url, proc, timeout)
         drv.get(url)
-        lat._wait(drv, lambda s: lat._idle(s) and lat._shows(s, "Accuracy vs time step") and s["run_button"],
-                  timeout, "first page")
+        lat.wait_first_page(drv, timeout)
         browser = drv.service.process.pid
         cpu = lat._tree_cpu_seconds(browser), lat._cpu_seconds(proc.pid)
-        lat._click_text(drv, '[data-testid="stSidebar"] button', "Run", timeout)
-        start = time.monotonic()
-        drawn = lambda s: any("accuracy vs time steps" in t for t in s["titles"])  # noqa: E731
-        lat._wait(drv, lambda s: lat._idle(s) and s["frames"] >= 1 and s["metrics"] >= 2 and drawn(s), timeout,
-                  "first run")
-        run_s = time.monotonic() - start
+        _, clicked = lat.press_run(drv, timeout)
+        run_s = time.monotonic() - clicked
         return {"run_s": run_s, "experiment_s": sum(lat._experiments(log)),
                 "browser_cpu_s": lat._tree_cpu_seconds(browser) - cpu[0],
                 "server_cpu_s": lat._cpu_seconds(proc.pid) - cpu[1]}
     finally:
         drv.quit()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        lat.stop_server(proc)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:

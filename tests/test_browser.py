@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from dashboard_latency import CHROMEDRIVER, CHROMIUM, chromium_driver, free_port, wait_healthy  # noqa: E402
+from dashboard_latency import (CHROMEDRIVER, CHROMIUM, chromium_driver, free_port, stop_server,  # noqa: E402
+                               wait_healthy)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -48,12 +49,7 @@ def server(tmp_path_factory):
         wait_healthy(url, proc, 90.0)
         yield url + "/?model=cnn-mnist"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
