@@ -102,7 +102,8 @@ def store_result(key: str, result: ExperimentResult) -> None:
 @dataclass(frozen=True)
 class RunArtifacts:
     """What the per-image pages need of one stored run: every method's network (its biases covering
-    ``covered`` steps), then every evaluation image's prediction after every step."""
+    ``covered`` steps) and every evaluation image's prediction after every step (kept by the run, or made from
+    the networks)."""
 
     covered: int
     networks: Future  # -> dict[str, SpikingNetwork]
@@ -128,17 +129,21 @@ class ArtifactStore:
 
     def get(self, key: str, covered: int,
             make_networks: Callable[[], dict[str, SpikingNetwork]],
-            make_predictions: Callable[[dict[str, SpikingNetwork]], ImagePredictions]) -> RunArtifacts:
+            predictions: Callable[[dict[str, SpikingNetwork]], ImagePredictions] | ImagePredictions) -> RunArtifacts:
+        """The artifacts of ``(key, covered)``, made in the worker on first use; ``predictions`` are made from
+        the networks there, or given (those the run kept: set at once)."""
         with self._lock:
             found = self._items.get((key, covered))
             if found is not None and not _failed(found):
                 self._items.move_to_end((key, covered))
                 return found
             item = RunArtifacts(covered, Future(), Future())
+            if isinstance(predictions, ImagePredictions):
+                item.predictions.set_result(predictions)
             self._items[(key, covered)] = item
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        self._pool.submit(_make, item, make_networks, make_predictions)
+        self._pool.submit(_make, item, make_networks, predictions)
         return item
 
 
@@ -152,7 +157,10 @@ def _make(item: RunArtifacts, make_networks, make_predictions) -> None:
         item.networks.set_result(networks)
     except BaseException as err:  # noqa: BLE001 - handed to whoever waits on the futures
         item.networks.set_exception(err)
-        item.predictions.set_exception(err)
+        if not item.predictions.done():
+            item.predictions.set_exception(err)
+        return
+    if item.predictions.done():
         return
     try:
         item.predictions.set_result(make_predictions(networks))

@@ -199,14 +199,26 @@ def start_run(cfg: ExperimentConfig, model: ModelRef) -> Run | None:
 
 # -- what the per-image pages need: networks and predictions, made in the background --------------------------------
 def artifacts(run: Run) -> caches.RunArtifacts:
-    """The run's networks and per-image predictions (started in a background thread on first use)."""
+    """The run's networks (rebuilt in a background thread on first use) and per-image predictions (those the
+    run kept; simulated again in that thread only for a result that has none)."""
     ann, card = model_for(run.model)
     cfg, stored = run.config, run.stored
-    images = caches.evaluation_images(card.dataset, cfg.data_dir, cfg.limit)
-    first = images.subset(slice(0, PREDICTED_IMAGES))
-    return caches.artifact_store().get(
-        run.key, stored.timesteps, lambda: rebuild_networks(cfg, ann, card, stored),
-        lambda nets: predict_all(nets, first, stored.timesteps, cfg.batch_size))
+    predictions = stored_predictions(stored)
+    if predictions is None:
+        images = caches.evaluation_images(card.dataset, cfg.data_dir, cfg.limit)
+        first = images.subset(slice(0, PREDICTED_IMAGES))
+        predictions = lambda nets: predict_all(nets, first, stored.timesteps, cfg.batch_size)  # noqa: E731
+    return caches.artifact_store().get(run.key, stored.timesteps, lambda: rebuild_networks(cfg, ann, card, stored),
+                                       predictions)
+
+
+def stored_predictions(result: ExperimentResult) -> ImagePredictions | None:
+    """The first :data:`PREDICTED_IMAGES` images' predictions the run kept (None if it kept none for some
+    method, e.g. a torchrun result)."""
+    if result.labels is None or any(m not in result.predicted for m in result.methods):
+        return None
+    return ImagePredictions({m: result.predicted[m][:, :PREDICTED_IMAGES] for m in result.methods},
+                            result.labels[:PREDICTED_IMAGES])
 
 
 def prefetch(run: Run | None) -> None:

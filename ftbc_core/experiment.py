@@ -31,8 +31,8 @@ from .models import check_input_shape
 from .snn import DEFAULT_MAX_BATCH_STEPS, SpikingNetwork, check_timesteps, running_mean, to_snn
 from .user_model import CUSTOM_ARCH
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "calibration_images", "simulate_dataset",
-           "calibrate_and_save", "prepare_model", "check_memory", "check_model_fits_data"]
+__all__ = ["ExperimentConfig", "ExperimentResult", "Simulation", "run_experiment", "calibration_images",
+           "simulate", "simulate_dataset", "calibrate_and_save", "prepare_model", "check_memory", "check_model_fits_data"]
 
 Progress = Callable[[float, str], None]
 Log = Callable[[str], None]
@@ -90,6 +90,10 @@ class ExperimentResult:
     seeds: tuple[int, ...] = (0,)
     selection: dict[str, tuple[Trial, ...]] = field(default_factory=dict)  # --select auto: the options tried
     draws: dict[str, int] = field(default_factory=dict)  # calibration draws each method ran (1: it has no draw)
+    # the first draw's [T, N] class of every evaluation image after every step (single process; the per-image
+    # pages read them instead of simulating again), and the [N] labels
+    predicted: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
     def truncated(self, timesteps: int) -> "ExperimentResult":
         """This result for a smaller T, read from the stored run (accuracy, biases and measurements are causal)."""
@@ -99,7 +103,7 @@ class ExperimentResult:
                    for m, r in self.reports.items()}
         return replace(self, timesteps=timesteps, accuracy={m: a[:timesteps] for m, a in self.accuracy.items()},
                        accuracy_std={m: a[:timesteps] for m, a in self.accuracy_std.items()},
-                       reports=reports,
+                       reports=reports, predicted={m: p[:timesteps] for m, p in self.predicted.items()},
                        measurements={m: (x.truncated(timesteps) if x is not None else None)
                                      for m, x in self.measurements.items()})
 
@@ -215,8 +219,24 @@ def prepare_model(
     return ann, card, snn
 
 
+@dataclass(frozen=True)
+class Simulation:
+    """What :func:`simulate` measured on a dataset.
+
+    Attributes:
+        accuracy: ``[T]`` percent after every step.
+        measurements: the recorded measurements (``record``; None otherwise or on a torchrun rank other than 0).
+        predicted: ``[T, N]`` int32 class of every image after every step (None under torchrun: each process
+            sees its shard only).
+    """
+
+    accuracy: np.ndarray
+    measurements: Measurements | None
+    predicted: np.ndarray | None
+
+
 @torch.no_grad()
-def simulate_dataset(
+def simulate(
     net: SpikingNetwork,
     ann: nn.Module,
     data: ImageArrays,
@@ -227,8 +247,9 @@ def simulate_dataset(
     record_images: int | None = None,
     progress: Progress | None = None,
     label: str = "",
-) -> tuple[np.ndarray, Measurements | None]:
-    """Accuracy ``[T]`` (percent) after every step, from one simulation to T, plus measurements if ``record``.
+) -> Simulation:
+    """Accuracy after every step and every image's prediction, from one simulation to T, plus measurements if
+    ``record``.
 
     Args:
         record_images: measure on the first N images only (rounded up to whole simulation chunks; the accuracy
@@ -238,7 +259,7 @@ def simulate_dataset(
     image-steps as fit its memory budget (:func:`~ftbc_core.distributed.device_max_batch_steps`; ``batch_size``
     does not bound it there), without TF32. Under torchrun (:mod:`ftbc_core.distributed`) each process simulates
     its shard of ``data`` and the correct counts are summed over processes, so the accuracy is over every image;
-    measurements are then taken on rank 0's shard only (the others return None).
+    measurements are then taken on rank 0's shard only (the others return None), and no predictions are kept.
     """
     timesteps = check_timesteps(timesteps)
     if len(data) == 0:
@@ -255,6 +276,7 @@ def simulate_dataset(
         raise ValueError(f"the number of measured images must be >= 1, got {record_images}")
     part = dist.shard_of(data)  # this process's images (all of them in a single process)
     recorder = Recorder(net, ann, timesteps) if record and dist.is_main() else None
+    predicted: list[torch.Tensor] | None = [] if dist.world_size() == 1 else None
     done = 0
     with dist.exact_float32():
         for x, y in iterate_batches(part, chunk):
@@ -263,14 +285,24 @@ def simulate_dataset(
             if recorder is not None and (record_images is None or done < record_images):
                 recorder.observe_ann(x)
                 hooks = recorder.hooks
-            out = running_mean(net.simulate(x, total_steps, hooks=hooks)[net.latency :])
-            correct += (out.argmax(-1) == y.view(1, -1)).sum(1)
+            guess = running_mean(net.simulate(x, total_steps, hooks=hooks)[net.latency :]).argmax(-1)  # [T, B]
+            correct += (guess == y.view(1, -1)).sum(1)
+            if predicted is not None:
+                predicted.append(guess.to(torch.int32))  # on the device: one copy at the end
             done += len(y)
             if progress:
                 progress(done / len(part), f"{label}simulating T={timesteps}: {done}/{len(part)} images")
     correct = dist.all_reduce_sum(correct).cpu()
     accuracy = (100.0 * correct.double() / len(data)).numpy()
-    return accuracy, recorder.result() if recorder is not None else None
+    return Simulation(accuracy, recorder.result() if recorder is not None else None,
+                      torch.cat(predicted, dim=1).cpu().numpy() if predicted is not None else None)
+
+
+def simulate_dataset(net: SpikingNetwork, ann: nn.Module, data: ImageArrays, timesteps: int,
+                     **options: Any) -> tuple[np.ndarray, Measurements | None]:
+    """``(accuracy [T], measurements)`` of :func:`simulate` (same options)."""
+    sim = simulate(net, ann, data, timesteps, **options)
+    return sim.accuracy, sim.measurements
 
 
 @dist.exact_float32()
@@ -353,7 +385,7 @@ def run_experiment(
     from .evaluate import ann_accuracy  # local: tiny module, avoids a cycle in type checkers
 
     ann_acc = dist.accuracy_over_shards(lambda part: ann_accuracy(ann, part, cfg.batch_size), test_data)
-    accuracy, accuracy_std, reports, measurements, seconds, n_draws = {}, {}, {}, {}, {}, {}
+    accuracy, accuracy_std, reports, measurements, seconds, n_draws, predicted = {}, {}, {}, {}, {}, {}, {}
     n = len(methods)
     draws = {seeds[0]: (calib, snn)}
 
@@ -390,13 +422,15 @@ def run_experiment(
             opts = {**options[method.name], **({"seed": seed} if "seed" in method.defaults else {})}
             net, rep = method.calibrate(converted, ann, images, timesteps, opts, sub(0.0, 0.3, prefix))
             start = time.perf_counter()
-            acc, meas = simulate_dataset(net, ann, test_data, timesteps, batch_size=cfg.batch_size,
-                                         record=cfg.record and k == 0, record_images=cfg.record_images,
-                                         progress=sub(0.3, 1.0, prefix))
-            runs_acc.append(acc)
-            if k == 0:  # the first draw's calibration and measurements are the ones shown
+            sim = simulate(net, ann, test_data, timesteps, batch_size=cfg.batch_size,
+                           record=cfg.record and k == 0, record_images=cfg.record_images,
+                           progress=sub(0.3, 1.0, prefix))
+            runs_acc.append(sim.accuracy)
+            if k == 0:  # the first draw's calibration, measurements and predictions are the ones shown
                 seconds[method.name], reports[method.name], measurements[method.name] = \
-                    time.perf_counter() - start, rep, meas
+                    time.perf_counter() - start, rep, sim.measurements
+                if sim.predicted is not None:
+                    predicted[method.name] = sim.predicted
         stacked = np.stack(runs_acc)
         n_draws[method.name] = len(runs_acc)
         accuracy[method.name] = stacked.mean(0)
@@ -409,7 +443,8 @@ def run_experiment(
         model_name=card.name, dataset=card.dataset, data_description=test_desc, n_images=len(test_data),
         timesteps=timesteps, ann_accuracy=ann_acc, methods=tuple(m.name for m in methods), accuracy=accuracy,
         reports=reports, measurements=measurements, method_options=_plain(cfg.method_options), seconds=seconds,
-        accuracy_std=accuracy_std, seeds=seeds, selection=selection, draws=n_draws)
+        accuracy_std=accuracy_std, seeds=seeds, selection=selection, draws=n_draws, predicted=predicted,
+        labels=np.asarray(test_data.y).astype(np.int32) if predicted else None)
 
 
 def calibrate_and_save(

@@ -177,3 +177,23 @@ def test_one_image_opens_on_an_image_the_correction_fixes(at, calls):
     at.number_input(key="raster_neurons").set_value(8).run()
     ok(at)
     assert charts(at) == 3 and len(at.get("image")) == 1 and len(calls) == 1  # the image is a picture, not a chart
+
+
+def test_the_per_image_pages_read_the_runs_predictions(at, calls, monkeypatch):
+    """The disagreement lists come from the predictions the run kept: no second simulation of the evaluation
+    images (it cost as much as the run's own simulations, on the cores the pages need)."""
+    simulated = []
+    monkeypatch.setattr(runs, "predict_all", lambda *a, **k: simulated.append(a))
+    run(at)
+    result = at.session_state["run"].result
+    at.switch_page("views/one_image.py").run()
+    ok(at)
+    wrong, right = result.predicted["none"][-1] != result.labels, result.predicted["ftbc"][-1] == result.labels
+    expected = [int(i) for i in np.flatnonzero(wrong & right)[:16]]
+    lists = {w.key: w for w in at.pills}
+    shown = [int(o.split()[0][1:]) for o in lists["fix_pick"].options] if "fix_pick" in lists else []
+    assert shown == expected
+    at.session_state["walk_step"] = STEPS[-1]
+    at.switch_page("views/walkthrough.py").run()
+    ok(at)
+    assert not simulated

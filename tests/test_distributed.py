@@ -210,7 +210,7 @@ if os.environ.get("RANK") == "1":
     if sys.argv[1] == "raise":
         def boom(*args, **kwargs):
             raise RuntimeError("injected failure")
-        experiment.simulate_dataset = boom
+        experiment.simulate = boom
     else:  # this process has no data
         def no_data(*args, **kwargs):
             raise DataError("no mnist data found in /nowhere")

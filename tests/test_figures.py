@@ -143,6 +143,21 @@ def test_predictions_per_image_give_the_runs_accuracy(result, networks):
     assert all(not preds.correct("none", T)[i] and preds.correct("ftbc", T)[i] for i in fixed)
 
 
+def test_the_run_keeps_the_predictions_a_second_simulation_gives(result, networks):
+    """The predictions the run keeps (the per-image pages read them) are, image by image and step by step, those
+    of a second simulation of the rebuilt networks; a truncated view keeps the first steps."""
+    _, nets = networks
+    images, _ = load_images("mnist", "test", None)
+    again = predict_all(nets, images.subset(slice(0, 20)), T)
+    np.testing.assert_array_equal(result.labels, again.labels)
+    for m in result.methods:
+        assert result.predicted[m].shape == (T, 20) and result.predicted[m].dtype == np.int32
+        np.testing.assert_array_equal(result.predicted[m], again.predicted[m])
+    short = result.truncated(2)
+    assert all((short.predicted[m] == result.predicted[m][:2]).all() and short.predicted[m].shape == (2, 20)
+               for m in result.methods)
+
+
 def test_disagreements_on_a_hand_made_case():
     preds = ImagePredictions({"a": np.array([[0, 1, 2, 3]]), "b": np.array([[0, 2, 2, 0]])}, np.array([0, 2, 1, 3]))
     fixed, broken = preds.disagreements("a", "b", 1)

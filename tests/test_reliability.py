@@ -272,7 +272,7 @@ def no_simulation(monkeypatch):
         raise AssertionError("the run was not refused before simulating")
 
     monkeypatch.setattr(ftbc_module, "fit_biases", refuse)
-    monkeypatch.setattr(experiment, "simulate_dataset", refuse)
+    monkeypatch.setattr(experiment, "simulate", refuse)
     monkeypatch.setattr(experiment, "load_images", refuse)
     monkeypatch.setattr(experiment, "available_memory_bytes", lambda: 16 * 2**30)
 
@@ -466,7 +466,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch, fa
 
 
 def test_a_failed_evaluation_writes_no_json(tmp_path, capsys, monkeypatch):
-    real = experiment.simulate_dataset
+    real = experiment.simulate
     seen = []
 
     def crash_on_second_method(*args, **kwargs):
@@ -475,7 +475,7 @@ def test_a_failed_evaluation_writes_no_json(tmp_path, capsys, monkeypatch):
             raise ValueError("simulated failure in the second method")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "simulate_dataset", crash_on_second_method)
+    monkeypatch.setattr(experiment, "simulate", crash_on_second_method)
     result = tmp_path / "r.json"
     code, last = cli(capsys, "evaluate", "--model", "cnn-mnist", "--timesteps", "2", "--methods", "none,ftbc",
                      "--json", str(result), "--csv", str(tmp_path / "r.csv"), *QUICK)
@@ -483,7 +483,7 @@ def test_a_failed_evaluation_writes_no_json(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     folder = tmp_path / "a-folder"
     folder.mkdir()
-    monkeypatch.setattr(experiment, "simulate_dataset", real)
+    monkeypatch.setattr(experiment, "simulate", real)
     code, last = cli(capsys, "evaluate", "--model", "cnn-mnist", "--timesteps", "2", "--methods", "none",
                      "--json", str(folder), "--limit", "5")
     assert code == 2 and "Is a directory" in last and not list(folder.iterdir()) and not leftovers(tmp_path)

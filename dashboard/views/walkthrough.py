@@ -60,7 +60,11 @@ else:
     st.markdown(told.text)
     fig = None
     if told.index is not None:
-        networks = runs.networks(run)
+        try:
+            networks = runs.networks(run)
+        except (CheckpointError, DataError, ValueError, KeyError) as err:
+            st.error(f"Cannot rebuild the networks of this run: {str(err).splitlines()[0]}")
+            st.stop()
         x = to_tensor(images.x[told.index : told.index + 1])[0]
         traces = {m: caches.image_trace(run.key, run.stored.timesteps, m, told.index, result.timesteps, networks[m], x)
                   for m in story.methods_to_contrast(result) if m}
