@@ -88,9 +88,10 @@ def test_every_page_after_a_run(at, calls):
     assert not at.exception
 
     at.switch_page("views/one_image.py").run()
-    assert at.title[0].value == "One image" and charts(at) == 3 and len(at.get("image")) == 1  # image, probability,
-    # raster, one neuron's charge
+    assert at.title[0].value == "One image" and charts(at) == 1 and len(at.get("image")) == 1  # image, probability
     at.number_input(key="image_index").set_value(7).run()
+    at.radio(key="image_view").set_value("Neurons of one layer").run()
+    assert charts(at) == 2 and not at.get("image")  # raster, one neuron's charge
     at.selectbox(key="image_layer").set_value("classifier.1").run()
     at.radio(key="raster_method").set_value("ftbc").run()
     at.radio(key="raster_order").set_value("rate").run()
@@ -155,7 +156,9 @@ def test_upload_of_a_real_checkpoint_runs(at, calls):
     run(at)
     assert not errors(at) and len(calls) == 1 and calls[0].model.startswith("upload:")
     at.switch_page("views/one_image.py").run()
-    assert not at.exception and charts(at) == 3 and len(at.get("image")) == 1
+    assert not at.exception and charts(at) == 1 and len(at.get("image")) == 1
+    at.radio(key="image_view").set_value("Neurons of one layer").run()
+    assert not at.exception and charts(at) == 2
 
 
 def test_missing_data_folder_is_a_message(at, calls, tmp_path):
@@ -203,7 +206,7 @@ def test_resnet20_is_the_default_when_shipped(at, calls, monkeypatch, tmp_path):
     run(app)
     assert not errors(app) and calls[-1].model == "resnet20-cifar10"
     app.switch_page("views/one_image.py").run()
-    assert not app.exception and charts(app) == 3 and app.get("image")[0].proto.imgs[0].url  # an RGB picture
+    assert not app.exception and charts(app) == 1 and app.get("image")[0].proto.imgs[0].url  # an RGB picture
 
 
 def test_data_that_does_not_fit_the_model_is_a_message(at, calls, tmp_path):

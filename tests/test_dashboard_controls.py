@@ -92,7 +92,9 @@ def test_conversion_options_reach_the_config(calls):
     run(at)
     assert calls[1].v0 == "half" and len(calls) == 2  # another conversion: another experiment
     at.switch_page("views/one_image.py").run(timeout=600)  # networks rebuilt with the run's thresholds (from statistics)
-    assert not at.exception and not errors(at) and charts(at) == 3 and len(at.get("image")) == 1
+    assert not at.exception and not errors(at) and charts(at) == 1 and len(at.get("image")) == 1
+    at.radio(key="image_view").set_value("Neurons of one layer").run()
+    assert not at.exception and not errors(at) and charts(at) == 2
 
 
 # -- a method registered in the core -----------------------------------------------------------------------------

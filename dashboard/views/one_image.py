@@ -1,5 +1,6 @@
-"""Page 5: one evaluation image through the networks: the images the methods disagree on, the probability of
-the true class after every step, and a few neurons of one layer (every spike, rate vs ANN activation, charge)."""
+"""Page 5: one evaluation image through the networks: the images the methods disagree on, then one of two views
+of the chosen image: the probability of the true class after every step, or a few neurons of one layer (every
+spike, rate vs ANN activation, charge). One view at a time: each redraw has one or two charts, not three."""
 
 import numpy as np
 import pandas as pd
@@ -87,42 +88,46 @@ chosen = right.multiselect("Methods", methods, default=methods, format_func=figu
 
 x = to_tensor(images.x[index : index + 1])[0]
 true_class = int(images.y[index])
-traces = {m: caches.image_trace(run.key, covered, m, index, T, networks[m], x) for m in chosen}
-col_img, col_prob = st.columns([1, 2])
-with col_img:
-    st.image(figures.image_pixels(images.x[index]), width=256)
-    st.markdown(f"Image {index} of the evaluation sample, true class **'{classes[true_class]}'**")
-    for m, tr in traces.items():
-        pred = int(tr.predictions[-1])
-        mark = ":green[:material/check_circle:]" if pred == true_class else ":red[:material/cancel:]"
-        st.markdown(f"{mark} **{figures.label(m)}** at T = {T}: '{classes[pred]}' "
-                    f"(p = {tr.probabilities[-1, pred]:.2f})")
-with col_prob:
+VIEWS = ("Output over time", "Neurons of one layer")
+view = st.radio("Show", VIEWS, horizontal=True, key="image_view")  # one part at a time: fewer charts to redraw
+if view == VIEWS[0]:
+    traces = {m: caches.image_trace(run.key, covered, m, index, T, networks[m], x) for m in chosen}
+    col_img, col_prob = st.columns([1, 2])
+    with col_img:
+        st.image(figures.image_pixels(images.x[index]), width=256)
+        st.markdown(f"Image {index} of the evaluation sample, true class **'{classes[true_class]}'**")
+        for m, tr in traces.items():
+            pred = int(tr.predictions[-1])
+            mark = ":green[:material/check_circle:]" if pred == true_class else ":red[:material/cancel:]"
+            st.markdown(f"{mark} **{figures.label(m)}** at T = {T}: '{classes[pred]}' "
+                        f"(p = {tr.probabilities[-1, pred]:.2f})")
+    with col_prob:
+        if traces:
+            exports.chart(figures.probability_figure(traces, true_class, classes), f"image-{index}-probability",
+                          "probability_chart")
     if traces:
-        exports.chart(figures.probability_figure(traces, true_class, classes), f"image-{index}-probability",
-                      "probability_chart")
-if traces:
-    table = pd.DataFrame({m: [classes[k] for k in tr.predictions] for m, tr in traces.items()},
-                         index=pd.Index(np.arange(1, T + 1), name="t"))
-    for m, tr in traces.items():
-        table[f"{m} p(true)"] = np.round(tr.probabilities[:, true_class], 4)
-    with st.expander("Predicted class after every step"):
-        st.dataframe(table, width="stretch")
-        exports.download_table(table, f"image-{index}-predictions", index=True)
-
-st.subheader("Neurons of one layer")
-st.markdown("A sample of the layer's neurons for this image: every spike is one mark. Each neuron's rate (spikes "
-            "per step, in θ) is drawn beside the ANN activation it should match; sort by first spike to see which "
-            "fire early, late or never.")
-c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-layer = c1.selectbox("Layer", networks[methods[0]].layer_names, key="image_layer")
-method = c2.radio("Network", methods, horizontal=True, format_func=figures.label, key="raster_method")
-order_by = c3.radio("Sort by", ["first spike", "rate", "ANN activation"], horizontal=True, key="raster_order")
-count = int(c4.number_input("Neurons", 4, 96, 32, 4, key="raster_neurons"))
-lt = caches.layer_trace(run.key, covered, method, index, layer, T, count, networks[method], ann, x)
-order = neuron_order(lt, order_by)
-exports.chart(neuron_figures.raster_figure(lt, order, method), f"raster-{layer}-{index}", "raster_chart")
-names = neuron_figures.neuron_names(lt)
-neuron = st.selectbox("Charge of neuron", [int(i) for i in order], format_func=lambda i: names[i], key="raster_neuron")
-exports.chart(neuron_figures.neuron_charge_figure(lt, neuron, method), f"charge-{layer}-{index}", "charge_chart")
-exports.show_code(trace_layer)
+        table = pd.DataFrame({m: [classes[k] for k in tr.predictions] for m, tr in traces.items()},
+                             index=pd.Index(np.arange(1, T + 1), name="t"))
+        for m, tr in traces.items():
+            table[f"{m} p(true)"] = np.round(tr.probabilities[:, true_class], 4)
+        with st.expander("Predicted class after every step"):
+            st.dataframe(table, width="stretch")
+            exports.download_table(table, f"image-{index}-predictions", index=True)
+else:
+    st.subheader("Neurons of one layer")
+    st.markdown(f"A sample of the layer's neurons for image {index} (true class **'{classes[true_class]}'**): every "
+                "spike is one mark. Each neuron's rate (spikes per step, in θ) is drawn beside the ANN activation it "
+                "should match; sort by first spike to see which fire early, late or never.")
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+    layer = c1.selectbox("Layer", networks[methods[0]].layer_names, key="image_layer")
+    method = c2.radio("Network", methods, horizontal=True, format_func=figures.label, key="raster_method")
+    order_by = c3.radio("Sort by", ["first spike", "rate", "ANN activation"], horizontal=True, key="raster_order")
+    count = int(c4.number_input("Neurons", 4, 96, 32, 4, key="raster_neurons"))
+    lt = caches.layer_trace(run.key, covered, method, index, layer, T, count, networks[method], ann, x)
+    order = neuron_order(lt, order_by)
+    exports.chart(neuron_figures.raster_figure(lt, order, method), f"raster-{layer}-{index}", "raster_chart")
+    names = neuron_figures.neuron_names(lt)
+    neuron = st.selectbox("Charge of neuron", [int(i) for i in order], format_func=lambda i: names[i],
+                          key="raster_neuron")
+    exports.chart(neuron_figures.neuron_charge_figure(lt, neuron, method), f"charge-{layer}-{index}", "charge_chart")
+    exports.show_code(trace_layer)
