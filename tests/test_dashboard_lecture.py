@@ -170,8 +170,8 @@ def test_one_image_opens_on_an_image_the_correction_fixes(at, calls):
     at.slider(key="dis_t").set_value(1).run()  # other lists: the chosen image may no longer be among them
     ok(at)
     assert at.number_input(key="image_index").value == target
-    table = next(d.value for d in at.dataframe if "ftbc p(true)" in d.value.columns)
-    assert np.all((table["ftbc p(true)"] >= 0) & (table["ftbc p(true)"] <= 1))
+    # (the table's values against an independent simulation: tests/test_dashboard_caches.py)
+    assert any("ftbc p(true)" in d.value.columns for d in at.dataframe)
     assert charts(at) == 1 and len(at.get("image")) == 1  # the image is a picture, not a chart
     at.radio(key="image_view").set_value("Neurons of one layer").run()
     box = at.selectbox(key="raster_neuron")
