@@ -42,4 +42,4 @@ try:
     page.run()
 finally:
     sidebar.run_picker(shown)
-    runs.prefetch(runs.current_run())  # the networks (and predictions a run did not keep), in the background
+    runs.prefetch(runs.current_run())  # the networks for the per-image pages, in the background

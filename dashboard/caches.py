@@ -1,8 +1,8 @@
 """The caches every session shares. Nothing in them is mutated by a page.
 
-Models are keyed by their weights' content hash, results by the full configuration plus that hash, networks and
-per-image predictions by the stored run and the number of steps their biases cover. Models are deep-copied
-before anything runs on them (runs attach temporary hooks).
+Models are keyed by their weights' content hash, results (with their per-image predictions) by the full
+configuration plus that hash, rebuilt networks by the stored run and the number of steps their biases cover.
+Models are deep-copied before anything runs on them (runs attach temporary hooks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import streamlit as st
 import torch
 from torch import nn
 
-from ftbc_core.per_image import ImagePredictions, LayerTrace, trace_layer
+from ftbc_core.per_image import LayerTrace, trace_layer
 from ftbc_core.assets import list_pretrained, load_images, resolve_checkpoint
 from ftbc_core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from ftbc_core.data import ImageArrays
@@ -98,18 +98,7 @@ def store_result(key: str, result: ExperimentResult) -> None:
     _stored_result(key, _result=result)
 
 
-# -- networks and per-image predictions, made in the background --------------------------------------------------
-@dataclass(frozen=True)
-class RunArtifacts:
-    """What the per-image pages need of one stored run: every method's network (its biases covering
-    ``covered`` steps) and every evaluation image's prediction after every step (kept by the run, or made from
-    the networks)."""
-
-    covered: int
-    networks: Future  # -> dict[str, SpikingNetwork]
-    predictions: Future  # -> ImagePredictions
-
-
+# -- networks, rebuilt in the background --------------------------------------------------------------------------
 def _lower_priority() -> None:
     """Run this worker thread (and the threads it starts) at the lowest CPU priority: pages come first."""
     try:
@@ -118,59 +107,41 @@ def _lower_priority() -> None:
         pass
 
 
-class ArtifactStore:
-    """The last ``capacity`` runs' artifacts by ``(key, covered)``; each is made once, in one worker thread."""
+class NetworkStore:
+    """The last ``capacity`` runs' networks (every method's, with biases covering ``covered`` steps) by
+    ``(key, covered)``; each set is made once, in one worker thread."""
 
     def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int], RunArtifacts] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], Future] = OrderedDict()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ftbc-artifacts", initializer=_lower_priority)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ftbc-networks", initializer=_lower_priority)
 
-    def get(self, key: str, covered: int,
-            make_networks: Callable[[], dict[str, SpikingNetwork]],
-            predictions: Callable[[dict[str, SpikingNetwork]], ImagePredictions] | ImagePredictions) -> RunArtifacts:
-        """The artifacts of ``(key, covered)``, made in the worker on first use; ``predictions`` are made from
-        the networks there, or given (those the run kept: set at once)."""
+    def get(self, key: str, covered: int, make: Callable[[], dict[str, SpikingNetwork]]) -> Future:
+        """A future of the networks of ``(key, covered)`` (started on first use; a failed one is retried)."""
         with self._lock:
             found = self._items.get((key, covered))
-            if found is not None and not _failed(found):
+            if found is not None and not (found.done() and found.exception() is not None):
                 self._items.move_to_end((key, covered))
                 return found
-            item = RunArtifacts(covered, Future(), Future())
-            if isinstance(predictions, ImagePredictions):
-                item.predictions.set_result(predictions)
+            item: Future = Future()
             self._items[(key, covered)] = item
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        self._pool.submit(_make, item, make_networks, predictions)
+        self._pool.submit(_make, item, make)
         return item
 
 
-def _failed(item: RunArtifacts) -> bool:
-    return any(f.done() and f.exception() is not None for f in (item.networks, item.predictions))
-
-
-def _make(item: RunArtifacts, make_networks, make_predictions) -> None:
+def _make(item: Future, make: Callable[[], dict[str, SpikingNetwork]]) -> None:
     try:
-        networks = make_networks()
-        item.networks.set_result(networks)
-    except BaseException as err:  # noqa: BLE001 - handed to whoever waits on the futures
-        item.networks.set_exception(err)
-        if not item.predictions.done():
-            item.predictions.set_exception(err)
-        return
-    if item.predictions.done():
-        return
-    try:
-        item.predictions.set_result(make_predictions(networks))
-    except BaseException as err:  # noqa: BLE001
-        item.predictions.set_exception(err)
+        item.set_result(make())
+    except BaseException as err:  # noqa: BLE001 - handed to whoever waits on the future
+        item.set_exception(err)
 
 
 @st.cache_resource(show_spinner=False)
-def artifact_store() -> ArtifactStore:
-    return ArtifactStore()
+def network_store() -> NetworkStore:
+    return NetworkStore()
 
 
 # -- one image ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import bias_files, caches
 from dashboard.method_options import resolved_options
 from dashboard.models import ModelRef, model_for
-from ftbc_core.per_image import ImagePredictions, predict_all, rebuild_networks
+from ftbc_core.per_image import ImagePredictions, rebuild_networks
 from ftbc_core.checkpoint import CheckpointError
 from ftbc_core.data import DataError
 from ftbc_core.experiment import ExperimentConfig, ExperimentResult, run_experiment
@@ -197,48 +197,32 @@ def start_run(cfg: ExperimentConfig, model: ModelRef) -> Run | None:
     return _remember(Run(key, cfg, model, shown, stored, label, origin, time.perf_counter() - start))
 
 
-# -- what the per-image pages need: networks and predictions, made in the background --------------------------------
-def artifacts(run: Run) -> caches.RunArtifacts:
-    """The run's networks (rebuilt in a background thread on first use) and per-image predictions (those the
-    run kept; simulated again in that thread only for a result that has none)."""
+# -- what the per-image pages need: the networks (rebuilt in the background) and the run's predictions -------------
+def _networks_future(run: Run):
     ann, card = model_for(run.model)
     cfg, stored = run.config, run.stored
-    predictions = stored_predictions(stored)
-    if predictions is None:
-        images = caches.evaluation_images(card.dataset, cfg.data_dir, cfg.limit)
-        first = images.subset(slice(0, PREDICTED_IMAGES))
-        predictions = lambda nets: predict_all(nets, first, stored.timesteps, cfg.batch_size)  # noqa: E731
-    return caches.artifact_store().get(run.key, stored.timesteps, lambda: rebuild_networks(cfg, ann, card, stored),
-                                       predictions)
-
-
-def stored_predictions(result: ExperimentResult) -> ImagePredictions | None:
-    """The first :data:`PREDICTED_IMAGES` images' predictions the run kept (None if it kept none for some
-    method, e.g. a torchrun result)."""
-    if result.labels is None or any(m not in result.predicted for m in result.methods):
-        return None
-    return ImagePredictions({m: result.predicted[m][:, :PREDICTED_IMAGES] for m in result.methods},
-                            result.labels[:PREDICTED_IMAGES])
+    return caches.network_store().get(run.key, stored.timesteps, lambda: rebuild_networks(cfg, ann, card, stored))
 
 
 def prefetch(run: Run | None) -> None:
-    """Start making the shown run's networks and predictions, quietly (at the end of every page)."""
+    """Start rebuilding the shown run's networks, quietly (at the end of every page)."""
     if run is not None:
         try:
-            artifacts(run)
+            _networks_future(run)
         except Exception:  # noqa: BLE001 - a page that needs them shows the reason
             pass
 
 
 def networks(run: Run) -> dict[str, SpikingNetwork]:
     with st.spinner("rebuilding the calibrated networks…"):
-        return artifacts(run).networks.result()
+        return _networks_future(run).result()
 
 
 def predictions(run: Run) -> ImagePredictions:
     """The prediction of every evaluation image (the first :data:`PREDICTED_IMAGES`) after every step of the
-    shown T."""
-    with st.spinner("classifying every evaluation image at every step…"):
-        full = artifacts(run).predictions.result()
-    t = run.result.timesteps
-    return ImagePredictions({m: p[:t] for m, p in full.predicted.items()}, full.labels)
+    shown T: those the run kept (``ExperimentResult.predicted``, from the simulation that gave its accuracy)."""
+    stored, t = run.stored, run.result.timesteps
+    if stored.labels is None or any(m not in stored.predicted for m in stored.methods):
+        raise ValueError("this run kept no per-image predictions (a result from several processes): run it here")
+    return ImagePredictions({m: stored.predicted[m][:t, :PREDICTED_IMAGES] for m in stored.methods},
+                            stored.labels[:PREDICTED_IMAGES])
